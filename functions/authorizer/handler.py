@@ -1,0 +1,27 @@
+"""API Gateway TOKEN authorizer Lambda: verifies the bearer JWT at the edge."""
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from ehr import telemetry
+from ehr.bootstrap import authenticator
+from ehr.security.authorizer import UnauthorizedError, authorize_token_event
+from ehr.settings import AuthorizerSettings, load_settings
+
+logger, tracer, metrics = telemetry.powertools()
+authenticate = authenticator(load_settings(AuthorizerSettings))
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        policy = authorize_token_event(event, authenticate)
+    except UnauthorizedError:
+        metrics.add_metric(name="TokenRejected", unit=MetricUnit.Count, value=1)
+        raise
+    metrics.add_metric(name="TokenAccepted", unit=MetricUnit.Count, value=1)
+    return policy

@@ -1,0 +1,1 @@
+"""Transport-independent HTTP surface: the route table, request/response shapes, the pipeline."""

@@ -1,0 +1,1 @@
+"""Platform events on EventBridge: bus, rule patterns and event shapes (ids only, never PHI)."""

@@ -1,0 +1,36 @@
+"""The event bus and its rules: the single definition used by CDK and the local emulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ehr import names
+
+# Detail types the platform publishes.
+LAB_ORDER_REQUESTED: Final = "LabOrderRequested"
+LAB_ORDER_WORKFLOW_STARTED: Final = "LabOrderWorkflowStarted"
+
+TargetKind = Literal["lab_order_state_machine"]
+
+
+@dataclass(frozen=True)
+class RuleDefinition:
+    """An EventBridge rule: its pattern and which platform component it targets."""
+
+    logical_id: str
+    description: str
+    event_pattern: dict[str, Any]
+    target: TargetKind
+
+
+ARCHIVE_RETENTION_DAYS: Final = 365
+
+RULES: Final[tuple[RuleDefinition, ...]] = (
+    RuleDefinition(
+        logical_id="LabOrderRequestedRule",
+        description="Start the lab-order workflow when a laboratory order is placed.",
+        event_pattern={"source": [names.EVENT_SOURCE], "detail-type": [LAB_ORDER_REQUESTED]},
+        target="lab_order_state_machine",
+    ),
+)

@@ -1,0 +1,1 @@
+"""FHIR R4 specifics: OperationOutcome errors, the CapabilityStatement, models and validation."""

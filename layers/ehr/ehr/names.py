@@ -1,0 +1,43 @@
+"""Names shared by the CDK stack, the local emulator, the Lambda functions and the tests.
+
+Anything that two of those places must spell the same way is defined here once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SERVICE_NAME: Final = "ehr"
+STACK_NAME: Final = "ServerlessEhr"
+METRICS_NAMESPACE: Final = "ServerlessEhr"
+
+# Lambda functions: the folder under functions/ and the logical name used everywhere else.
+FN_FHIR_API: Final = "fhir_api"
+FN_DISCOVERY: Final = "discovery"
+FN_AUTHORIZER: Final = "authorizer"
+FUNCTIONS: Final = (FN_FHIR_API, FN_DISCOVERY, FN_AUTHORIZER)
+HANDLER_ATTRIBUTE: Final = "lambda_handler"
+
+
+def handler_path(function: str) -> str:
+    """The Lambda handler string for a function whose code asset root is ``functions/``."""
+    return f"{function}.handler.{HANDLER_ATTRIBUTE}"
+
+
+# Event bus and event sources.
+EVENT_SOURCE: Final = "ehr.platform"
+
+# The lab-order workflow definition, one file for CDK and local mode.
+LAB_ORDER_ASL: Final = "statemachines/lab_order.asl.json"
+
+# Local development identity provider.
+LOCAL_ISSUER: Final = "urn:ehr:local-dev-issuer"
+DEFAULT_AUDIENCE: Final = "urn:ehr:api"
+DEFAULT_TENANT_CLAIM: Final = "tenant"
+
+# Demo tenants seeded by `ehr local`.
+DEMO_TENANTS: Final = (
+    ("clinic-a", "clinic", "Clinic A (demo)"),
+    ("clinic-b", "clinic", "Clinic B (demo)"),
+    ("acme-lab", "lab", "ACME Laboratory (demo partner)"),
+)

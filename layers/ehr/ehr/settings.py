@@ -1,0 +1,105 @@
+"""Function settings: one pydantic model per function, validated once at cold start.
+
+The CDK stack and the local emulator build a function's environment with
+``environment_for(Model, **values)``, so the variable names are defined here only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Self, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ehr import names
+
+ENV_PREFIX = "EHR_"
+
+
+class AuthSettings(BaseSettings):
+    """How incoming bearer tokens are verified."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    issuer: str = Field(description="Expected `iss` of access tokens.")
+    audience: str = Field(default=names.DEFAULT_AUDIENCE, description="Expected `aud` of access tokens.")
+    jwks_url: str | None = Field(default=None, description="Where the issuer publishes its keys.")
+    jwks_json: str | None = Field(
+        default=None, description="The issuer's public JWKS inline (local mode, where no URL is reachable)."
+    )
+    tenant_claim: str = Field(default=names.DEFAULT_TENANT_CLAIM, description="Claim naming the tenant.")
+    token_endpoint: str | None = Field(default=None, description="Issuer's OAuth 2.0 token endpoint.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if bool(self.jwks_url) == bool(self.jwks_json):
+            raise ValueError("exactly one of EHR_JWKS_URL and EHR_JWKS_JSON must be set")
+        if self.jwks_json:
+            try:
+                keys = json.loads(self.jwks_json).get("keys")
+            except (ValueError, AttributeError) as exc:
+                raise ValueError("EHR_JWKS_JSON is not a JWKS document") from exc
+            if not isinstance(keys, list) or not keys:
+                raise ValueError("EHR_JWKS_JSON holds no keys")
+        return self
+
+
+class StoreSettings(BaseSettings):
+    """Where records live."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    records_table: str = Field(description="DynamoDB table of clinical records.")
+    audit_table: str = Field(description="DynamoDB table of AuditEvents (append-only).")
+
+
+class FhirApiSettings(AuthSettings, StoreSettings):
+    """Settings of the FHIR REST function."""
+
+
+class DiscoverySettings(AuthSettings):
+    """Settings of the discovery function (SMART configuration, JWKS, OpenAPI, health)."""
+
+
+class AuthorizerSettings(AuthSettings):
+    """Settings of the API Gateway token authorizer."""
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def env_name(model: type[BaseSettings], field: str) -> str:
+    if field not in model.model_fields:
+        raise KeyError(f"{model.__name__} has no setting {field!r}")
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def environment_for(model: type[BaseSettings], **values: Any) -> dict[str, str]:
+    """The environment variables that configure ``model`` with ``values``.
+
+    Unknown names raise ``KeyError``; values are not validated here because the CDK passes
+    unresolved tokens. ``None`` values are left out.
+    """
+    return {env_name(model, key): str(value) for key, value in values.items() if value is not None}
+
+
+class SettingsError(Exception):
+    """A function's environment does not validate; the message names each bad variable."""
+
+    def __init__(self, model: type[BaseSettings], error: ValidationError) -> None:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "settings"
+            problems.append(f"{ENV_PREFIX}{where.upper()}: {item['msg']}")
+        super().__init__(f"{model.__name__} is misconfigured: " + "; ".join(problems))
+        self.model = model
+
+
+def load_settings(model: type[SettingsT]) -> SettingsT:
+    """Validate a function's environment at cold start, with a readable error."""
+    try:
+        return model()
+    except ValidationError as exc:
+        raise SettingsError(model, exc) from exc

@@ -1,0 +1,1 @@
+"""Persistence: table definitions, pynamodb models and the repositories built on them."""

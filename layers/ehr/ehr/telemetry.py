@@ -1,0 +1,31 @@
+"""Powertools logger, tracer and metrics as every function uses them (identifiers only, no PHI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from ehr import names
+
+
+def powertools() -> tuple[Logger, Tracer, Metrics]:
+    return (
+        Logger(service=names.SERVICE_NAME),
+        Tracer(service=names.SERVICE_NAME),
+        Metrics(namespace=names.METRICS_NAMESPACE, service=names.SERVICE_NAME),
+    )
+
+
+def outcome_metric(operation_id: str, status: int) -> str:
+    """``getCapabilityStatement`` + 200 → ``GetCapabilityStatementServed`` (``<Subject><Event>``)."""
+    event = "Served" if status < 400 else "Refused" if status < 500 else "Failed"
+    return f"{operation_id[:1].upper()}{operation_id[1:]}{event}"
+
+
+def count_requests(metrics: Metrics) -> Callable[[str, int], None]:
+    def observe(operation_id: str, status: int) -> None:
+        metrics.add_metric(name=outcome_metric(operation_id, status), unit=MetricUnit.Count, value=1)
+
+    return observe
