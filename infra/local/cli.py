@@ -1,0 +1,129 @@
+"""The `ehr` command: run the platform locally and mint development tokens."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+import click
+
+from ehr import names
+from infra.local.issuer import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, DevIssuer
+
+DEMO_TOKEN_TTL = 8 * 3600
+DEMO_SCOPES = {"clinic": "user/*.cruds", "lab": "system/*.cruds", "partner": "system/*.cruds"}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="serverless-ehr", prog_name="ehr")
+def main() -> None:
+    """Serverless EHR: run the platform on this machine and work with it."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--no-seed", is_flag=True, help="Start without the demo tenants clinic-a, clinic-b and acme-lab."
+)
+def local(host: str, port: int, no_seed: bool) -> None:
+    """Serve the API with the real Lambda handlers and AWS emulated in-process."""
+    from infra.local.platform import LocalPlatform  # moto is slow to import; `ehr token` skips it
+
+    _log_to_stderr()
+    issuer = DevIssuer()
+    platform = LocalPlatform(issuer=issuer, seed=not no_seed)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        base = platform.start(host, port)
+    except OSError as exc:
+        platform.stop()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    _print_banner(base, platform.seeded, issuer)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        click.echo("Stopping…", err=True)
+        platform.stop()
+        click.echo("Stopped.", err=True)
+
+
+def _log_to_stderr() -> None:
+    """Local-mode logs (the request log among them) go to stderr; libraries stay at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    local_logger = logging.getLogger("ehr_local")
+    local_logger.addHandler(handler)
+    local_logger.setLevel(logging.INFO)
+    local_logger.propagate = False
+
+
+def _print_banner(base: str, seeded: list[str], issuer: DevIssuer) -> None:
+    echo = click.echo
+    echo("Serverless EHR is running locally (AWS emulated in-process with moto).")
+    echo(f"  API base      {base}")
+    echo(f"  OpenAPI       {base}/openapi.json")
+    echo(f"  SMART config  {base}/.well-known/smart-configuration")
+    echo(f"  Health        {base}/health")
+    if seeded:
+        kinds = {t[0]: t[1] for t in names.DEMO_TENANTS}
+        echo("")
+        echo(f"Demo tenants and development tokens (valid {DEMO_TOKEN_TTL // 3600} h); paste into a shell:")
+        for tenant in seeded:
+            scope = DEMO_SCOPES[kinds[tenant]]
+            token = issuer.mint(tenant=tenant, scope=scope, client_id=f"{tenant}-demo", ttl=DEMO_TOKEN_TTL)
+            var = "EHR_TOKEN_" + tenant.upper().replace("-", "_")
+            echo(f"  # {tenant} ({kinds[tenant]}), scope {scope}: FHIR base {base}/tenants/{tenant}/fhir")
+            echo(f"  export {var}='{token}'")
+        echo("")
+        echo("Try:")
+        echo(f'  curl -H "Authorization: Bearer $EHR_TOKEN_CLINIC_A" {base}/tenants/clinic-a/fhir/metadata')
+    else:
+        echo("")
+        echo(
+            "Started without demo tenants (--no-seed): every tenant URL answers 404 until one is registered."
+        )
+    echo("")
+    echo("Ready. Press Ctrl-C to stop.", nl=True)
+    sys.stdout.flush()
+
+
+@main.command()
+@click.option("--tenant", required=True, help="Tenant the token is issued for (e.g. clinic-a).")
+@click.option("--scope", default="user/*.cruds", show_default=True, help="SMART scopes, space-separated.")
+@click.option("--patient", default=None, help="Patient id for a patient-context token.")
+@click.option("--client-id", default=None, help="Client id to put in the token (default ehr-dev-cli).")
+@click.option(
+    "--ttl",
+    default=DEFAULT_TTL_SECONDS,
+    show_default=True,
+    type=click.IntRange(1, MAX_TTL_SECONDS),
+    help="Lifetime in seconds.",
+)
+def token(tenant: str, scope: str, patient: str | None, client_id: str | None, ttl: int) -> None:
+    """Print an RS256 access token from the local development issuer."""
+    from ehr.security.identity import TENANT_ID
+
+    if not TENANT_ID.match(tenant):
+        raise click.BadParameter("lower-case letters, digits and inner hyphens only", param_hint="--tenant")
+    click.echo(DevIssuer().mint(tenant=tenant, scope=scope, patient=patient, client_id=client_id, ttl=ttl))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,278 @@
+"""What API Gateway does in the cloud, done locally: match a route from the shared route table,
+run the TOKEN authorizer, build the REST (v1) proxy event, call the real Lambda handler."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from ehr import names
+from ehr.api.routes import ROUTES, Route
+from ehr.fhir.outcome import gateway_response
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+STAGE = "local"
+API_ID = "local"
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+_TEXT_TYPES = re.compile(
+    r"^(text/|application/(.+\+)?(json|xml)|application/x-www-form-urlencoded|x-application/hl7)"
+)
+
+
+@dataclass
+class GatewayResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class RouteTable:
+    """Matches concrete paths against the route table, static segments before variables."""
+
+    def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
+        compiled = []
+        for route in routes:
+            segments = route.path.strip("/").split("/")
+            pattern = (
+                "^/"
+                + "/".join(f"(?P<{s[1:-1]}>[^/]+)" if s.startswith("{") else re.escape(s) for s in segments)
+                + "$"
+            )
+            static = sum(1 for s in segments if not s.startswith("{"))
+            compiled.append((re.compile(pattern), static, route))
+        self._compiled = sorted(compiled, key=lambda c: (-c[1], c[2].path))
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for pattern, _, route in self._compiled:
+            found = pattern.match(path)
+            if found and route.method == method:
+                return route, {k: unquote(v) for k, v in found.groupdict().items()}
+        return None
+
+
+@dataclass
+class LambdaContext:
+    """The parts of the Lambda context object that Powertools and handlers read."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    timeout_ms: int = 29_000
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:123456789012:function:{self.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self.timeout_ms - int((time.monotonic() - self._started) * 1000))
+
+
+class LocalFunctions:
+    """Imports each function's handler module exactly as Lambda would (asset root functions/)."""
+
+    def __init__(self, functions_dir: Path = FUNCTIONS_DIR) -> None:
+        self._dir = functions_dir
+        self._modules: dict[str, ModuleType] = {}
+        # One request at a time per function, like one warm Lambda instance.
+        self._locks = {name: threading.Lock() for name in names.FUNCTIONS}
+
+    def load_all(self) -> None:
+        for name in names.FUNCTIONS:
+            self.module(name)
+
+    def module(self, function: str) -> ModuleType:
+        if function not in self._modules:
+            if str(self._dir) not in sys.path:
+                sys.path.insert(0, str(self._dir))
+            module_path, _, _ = names.handler_path(function).rpartition(".")
+            self._modules[function] = importlib.import_module(module_path)
+        return self._modules[function]
+
+    def invoke(self, function: str, event: Mapping[str, Any]) -> Any:
+        handler: Callable[[Mapping[str, Any], LambdaContext], Any] = getattr(
+            self.module(function), names.HANDLER_ATTRIBUTE
+        )
+        with self._locks[function]:
+            return handler(event, LambdaContext(function_name=function))
+
+
+class LocalGateway:
+    """The local stand-in for API Gateway in front of the real handlers."""
+
+    def __init__(self, functions: LocalFunctions, routes: RouteTable | None = None) -> None:
+        self.functions = functions
+        self.routes = routes or RouteTable()
+
+    def handle(
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        source_ip: str = "127.0.0.1",
+    ) -> GatewayResult:
+        path, _, query_string = raw_path.partition("?")
+        if len(body) > MAX_BODY_BYTES:
+            return self._gateway_error("REQUEST_TOO_LARGE")
+        matched = self.routes.match(method.upper(), path)
+        if matched is None:
+            return self._gateway_error("MISSING_AUTHENTICATION_TOKEN")
+        route, params = matched
+        request_id = str(uuid.uuid4())
+        authorizer_context: dict[str, Any] | None = None
+        if route.auth:
+            outcome = self._authorize(headers, method, path)
+            if isinstance(outcome, GatewayResult):
+                return outcome
+            authorizer_context = outcome
+        event = self._event(
+            route,
+            path,
+            params=params,
+            query_string=query_string,
+            headers=headers,
+            body=body,
+            request_id=request_id,
+            source_ip=source_ip,
+            authorizer=authorizer_context,
+        )
+        try:
+            response = self.functions.invoke(route.function, event)
+        except Exception:  # noqa: BLE001 - a crashed handler is API Gateway's 502, as in the cloud
+            return self._gateway_error("DEFAULT_5XX", status=502)
+        return self._result(response)
+
+    def _authorize(
+        self, headers: Mapping[str, str], method: str, path: str
+    ) -> dict[str, Any] | GatewayResult:
+        token = _header(headers, "authorization")
+        if not token:
+            return self._gateway_error("UNAUTHORIZED")  # identity source missing: no authorizer call
+        event = {
+            "type": "TOKEN",
+            "authorizationToken": token,
+            "methodArn": f"arn:aws:execute-api:local:123456789012:{API_ID}/{STAGE}/{method.upper()}{path}",
+        }
+        try:
+            result = self.functions.invoke(names.FN_AUTHORIZER, event)
+        except Exception as exc:  # noqa: BLE001 - any authorizer failure is answered like API Gateway does
+            if str(exc) == "Unauthorized":
+                return self._gateway_error("UNAUTHORIZED")
+            return self._gateway_error("DEFAULT_5XX", status=500)
+        statements = (result.get("policyDocument") or {}).get("Statement") or []
+        if not any(s.get("Effect") == "Allow" for s in statements):
+            return self._gateway_error("ACCESS_DENIED")
+        return {"principalId": result.get("principalId"), **(result.get("context") or {})}
+
+    @staticmethod
+    def _event(
+        route: Route,
+        path: str,
+        *,
+        params: dict[str, str],
+        query_string: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        request_id: str,
+        source_ip: str,
+        authorizer: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        multi_query: dict[str, list[str]] = {}
+        for key, value in parse_qsl(query_string, keep_blank_values=True):
+            multi_query.setdefault(key, []).append(value)
+        content_type = _header(headers, "content-type") or ""
+        is_text = not body or bool(_TEXT_TYPES.match(content_type.lower()))
+        if is_text:
+            try:
+                body_text, encoded = body.decode("utf-8"), False
+            except UnicodeDecodeError:
+                body_text, encoded = base64.b64encode(body).decode(), True
+        else:
+            body_text, encoded = base64.b64encode(body).decode(), True
+        host = _header(headers, "host") or "localhost"
+        # API Gateway tells the function how the client reached it; locally that is plain HTTP.
+        headers = {**headers, "X-Forwarded-Proto": "http"}
+        context: dict[str, Any] = {
+            "resourcePath": route.path,
+            "httpMethod": route.method,
+            "path": path,
+            "stage": STAGE,
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "domainName": host,
+            "apiId": API_ID,
+            "accountId": "123456789012",
+            "protocol": "HTTP/1.1",
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {"sourceIp": source_ip, "userAgent": _header(headers, "user-agent")},
+        }
+        if authorizer is not None:
+            context["authorizer"] = authorizer
+        return {
+            "resource": route.path,
+            "path": path,
+            "httpMethod": route.method,
+            "headers": dict(headers),
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+            "multiValueQueryStringParameters": multi_query or None,
+            "pathParameters": params or None,
+            "stageVariables": None,
+            "requestContext": context,
+            "body": body_text if body else None,
+            "isBase64Encoded": encoded,
+        }
+
+    @staticmethod
+    def _result(response: Mapping[str, Any]) -> GatewayResult:
+        try:
+            status = int(response["statusCode"])
+            headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
+            for key, values in (response.get("multiValueHeaders") or {}).items():
+                headers[str(key)] = ", ".join(str(v) for v in values)
+            raw = response.get("body") or ""
+            body = base64.b64decode(raw) if response.get("isBase64Encoded") else str(raw).encode("utf-8")
+        except (KeyError, TypeError, ValueError):
+            return LocalGateway._gateway_error("DEFAULT_5XX", status=502)  # malformed proxy response
+        return GatewayResult(status=status, headers=headers, body=body)
+
+    @staticmethod
+    def _gateway_error(response_type: str, *, status: int | None = None) -> GatewayResult:
+        response = gateway_response(response_type)
+        headers = {"Content-Type": "application/fhir+json; charset=utf-8", **response.headers}
+        return GatewayResult(
+            status=response.status or status or 500,
+            headers=headers,
+            body=json.dumps(response.body()).encode("utf-8"),
+        )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None

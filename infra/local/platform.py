@@ -1,0 +1,148 @@
+"""The whole platform on one machine: emulated AWS, the real handlers, an HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ehr import names
+from ehr.security.tenancy import new_tenant
+from ehr.settings import AuthorizerSettings, DiscoverySettings, FhirApiSettings, environment_for
+from ehr.store.tenants import DynamoTenantDirectory
+from infra.local.cloud import LocalCloud, LocalResources
+from infra.local.gateway import MAX_BODY_BYTES, LocalFunctions, LocalGateway
+from infra.local.issuer import DevIssuer
+
+access_log = logging.getLogger("ehr_local.access")
+log = logging.getLogger("ehr_local")
+
+
+def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[str, str]:
+    """Every function's environment, built from its settings model as the CDK stack does."""
+    auth: dict[str, Any] = {
+        "environment": "local",
+        "issuer": issuer.issuer,
+        "audience": issuer.audience,
+        "jwks_json": json.dumps(issuer.jwks()),
+        "tenant_claim": names.DEFAULT_TENANT_CLAIM,
+    }
+    env = {
+        **environment_for(AuthorizerSettings, **auth),
+        **environment_for(DiscoverySettings, **auth),
+        **environment_for(
+            FhirApiSettings, records_table=resources.records_table, audit_table=resources.audit_table, **auth
+        ),
+        "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
+        "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    env.setdefault("POWERTOOLS_LOG_LEVEL", os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"))
+    return env
+
+
+def seed_demo_tenants(resources: LocalResources) -> list[str]:
+    directory = DynamoTenantDirectory(resources.records_table)
+    for tenant_id, kind, name in names.DEMO_TENANTS:
+        directory.register(new_tenant(tenant_id, kind, name))  # type: ignore[arg-type]
+    return [t[0] for t in names.DEMO_TENANTS]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "ehr-local"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    gateway: LocalGateway  # set on the subclass the server builds
+
+    def _serve(self) -> None:
+        started = time.perf_counter()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            body = b""
+            self.close_connection = True
+            result = self.gateway.handle(
+                self.command, self.path, dict(self.headers.items()), b"x" * (MAX_BODY_BYTES + 1)
+            )
+        else:
+            body = self.rfile.read(length) if length else b""
+            result = self.gateway.handle(
+                self.command, self.path, dict(self.headers.items()), body, source_ip=self.client_address[0]
+            )
+        self.send_response(result.status)
+        for key, value in result.headers.items():
+            if key.lower() not in ("content-length", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(result.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(result.body)
+        # Path without the query string: a query can carry PHI (Patient?name=…), ids cannot.
+        access_log.info(
+            "%s %s %d %.1fms",
+            self.command,
+            self.path.partition("?")[0],
+            result.status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # the access log above replaces it
+        return
+
+
+class LocalPlatform:
+    """Start with ``start()``; ``stop()`` shuts the server and the emulation down."""
+
+    def __init__(self, *, issuer: DevIssuer | None = None, seed: bool = True) -> None:
+        self.issuer = issuer or DevIssuer()
+        self.seed = seed
+        self.cloud = LocalCloud()
+        self.resources: LocalResources | None = None
+        self.seeded: list[str] = []
+        self.gateway: LocalGateway | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def boot(self) -> LocalGateway:
+        """Emulated AWS, function environments, handlers loaded, demo tenants seeded."""
+        self.resources = self.cloud.start()
+        for key, value in function_environment(self.resources, self.issuer).items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        functions = LocalFunctions()
+        functions.load_all()
+        if self.seed:
+            self.seeded = seed_demo_tenants(self.resources)
+        self.gateway = LocalGateway(functions)
+        return self.gateway
+
+    def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
+        """Boot, then serve HTTP on a background thread; returns the base URL."""
+        gateway = self.boot()
+        handler = type("Handler", (_Handler,), {"gateway": gateway})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ehr-local-http", daemon=True)
+        self._thread.start()
+        bound_host, bound_port = self._server.server_address[:2]
+        return f"http://{bound_host}:{bound_port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.cloud.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
