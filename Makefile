@@ -66,9 +66,11 @@ synth: setup ## Synthesize the CloudFormation template (ENV=dev|prod) with cdk-n
 bench: setup ## Run the benchmarks in tests/bench; results go to tests/bench/results/
 	$(PY) tests/bench/bench_cold_import.py
 
-lock: ## Re-pin Python dependencies after editing pyproject.toml
+lock: ## Re-pin Python dependencies (dev lock and the Lambda layer's) after editing pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml --extra local --extra infra --group dev --generate-hashes \
 	  --universal --python-version 3.11 --no-header -q -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.14 \
+	  --python-platform aarch64-manylinux_2_28 --no-header -q -o layers/ehr/requirements.txt
 
 clean: ## Remove the virtual environment, node_modules and build output
 	rm -rf $(VENV) node_modules cdk.out build .pytest_cache .mypy_cache .ruff_cache

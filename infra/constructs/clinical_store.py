@@ -1,0 +1,59 @@
+"""The clinical records table: resource versions, current versions, search-index and compartment items."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from ehr.store.schema import RECORDS_TABLE
+from infra.config import EnvironmentConfig
+from infra.constructs.tables import LEADING_KEYS_CONDITION, build_table, table_key_statement
+
+# Item-level actions the FHIR API needs: reads, conditional writes and transactions (a
+# TransactWriteItems call is authorised as its Put/Update/Delete/ConditionCheck parts). No Scan:
+# a search is always a Query on an index partition (DESIGN.md).
+RECORDS_READ_WRITE_ACTIONS: Final = (
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+)
+RECORDS_KEY_ACTIONS: Final = (
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:GenerateDataKey",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:DescribeKey",
+)
+
+
+class ClinicalStore(Construct):
+    """``records_table``, built from ``ehr.store.schema.RECORDS_TABLE`` (its stream included)."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, key: kms.IKey, config: EnvironmentConfig
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.key = key
+        self.records_table: dynamodb.Table = build_table(self, RECORDS_TABLE, key=key, config=config)
+
+    def grant_read_write(self, policy: iam.ManagedPolicy) -> None:
+        """Item reads and writes on tenant-shaped keys (``T#...#...``), and use of the table's key."""
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="RecordsReadWrite",
+                actions=list(RECORDS_READ_WRITE_ACTIONS),
+                resources=[self.records_table.table_arn],
+                conditions=LEADING_KEYS_CONDITION,
+            ),
+            table_key_statement(self.records_table, self.key, list(RECORDS_KEY_ACTIONS)),
+        )

@@ -1,0 +1,208 @@
+"""The Lambda functions: one per ``ehr.names.FUNCTIONS``, each with its own role, policy and log group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+from pydantic_settings import BaseSettings
+
+from ehr import names
+from ehr.settings import AuthorizerSettings, DiscoverySettings, FhirApiSettings, environment_for
+from infra.bundling import function_code, layer_code
+from infra.config import RETENTION_DAYS, EnvironmentConfig
+from infra.constructs.audit import AuditTrail
+from infra.constructs.clinical_store import ClinicalStore
+from infra.constructs.identity import Identity
+from infra.constructs.nag import acknowledge
+
+# The newest Python runtime this aws-cdk-lib knows; cdk-nag's AwsSolutions-L1 accepts only that one.
+RUNTIME: Final = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE: Final = lambda_.Architecture.ARM_64
+
+# Each function's environment is its settings model (validated again at cold start).
+SETTINGS: Final[dict[str, type[BaseSettings]]] = {
+    names.FN_FHIR_API: FhirApiSettings,
+    names.FN_DISCOVERY: DiscoverySettings,
+    names.FN_AUTHORIZER: AuthorizerSettings,
+}
+# Who invokes each function, for the reasons of the acknowledgements below.
+INVOKED_BY: Final[dict[str, str]] = {
+    names.FN_FHIR_API: "API Gateway's Lambda proxy integration of the FHIR routes",
+    names.FN_DISCOVERY: "API Gateway's Lambda proxy integration of the public discovery routes",
+    names.FN_AUTHORIZER: "API Gateway's TOKEN authorizer before each authenticated request",
+}
+
+# What each function talks to over the network, for the reason of the VPC acknowledgement.
+REACHES: Final[dict[str, str]] = {
+    names.FN_FHIR_API: "DynamoDB (and KMS through it) and X-Ray, over TLS with IAM",
+    names.FN_DISCOVERY: "X-Ray only, over TLS with IAM",
+    names.FN_AUTHORIZER: "X-Ray over TLS with IAM, and the token issuer's public JWKS over HTTPS",
+}
+
+POWERTOOLS_ENVIRONMENT: Final = {
+    "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
+    "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+    # Events and responses carry PHI: never log an event or put a response into a trace.
+    "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+    "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+}
+
+
+def pascal(name: str) -> str:
+    """``fhir_api`` -> ``FhirApi`` (construct ids are PascalCase)."""
+    return "".join(part.title() for part in name.split("_"))
+
+
+class Compute(Construct):
+    """``layer`` (the ``ehr`` core + dependencies) and, keyed by function name: ``functions``,
+    ``roles``, ``policies`` (each role's single customer-managed policy) and ``log_groups``.
+
+    Grants follow the settings model: a function whose settings name ``records_table`` may read
+    and write records, one whose settings name ``audit_table`` may append audit events; the
+    others touch no data.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        project_root: Path,
+        identity: Identity,
+        records: ClinicalStore,
+        audit: AuditTrail,
+        logs_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        removal = RemovalPolicy.RETAIN if config.retain else RemovalPolicy.DESTROY
+
+        self.layer = lambda_.LayerVersion(
+            self,
+            "CoreLayer",
+            code=layer_code(
+                project_root / "layers" / "ehr", runtime=RUNTIME.name, architecture=ARCHITECTURE.name
+            ),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            description="The ehr domain core and its locked runtime dependencies.",
+        )
+        code = function_code(project_root / "functions")
+
+        available: dict[str, str | None] = {
+            "environment": config.name,
+            **identity.settings(),
+            "records_table": records.records_table.table_name,
+            "audit_table": audit.audit_table.table_name,
+        }
+
+        self.functions: dict[str, lambda_.Function] = {}
+        self.roles: dict[str, iam.Role] = {}
+        self.policies: dict[str, iam.ManagedPolicy] = {}
+        self.log_groups: dict[str, logs.LogGroup] = {}
+
+        for fn in names.FUNCTIONS:
+            model = SETTINGS[fn]
+            fid = pascal(fn)
+            log_group = logs.LogGroup(
+                self,
+                f"{fid}LogGroup",
+                retention=logs.RetentionDays[RETENTION_DAYS[config.log_retention_days]],
+                encryption_key=logs_key,
+                removal_policy=removal,
+            )
+            role = iam.Role(
+                self,
+                f"{fid}Role",
+                assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                description=f"Execution role of the {fn} function (its policy lists everything it may do).",
+            )
+            policy = iam.ManagedPolicy(
+                self,
+                f"{fid}Policy",
+                description=f"Permissions of the {fn} function.",
+                roles=[role],
+                statements=[
+                    iam.PolicyStatement(
+                        sid="WriteOwnLogs",
+                        actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                        resources=[log_group.log_group_arn],
+                    ),
+                    iam.PolicyStatement(
+                        sid="SendTraces",
+                        actions=["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+                        resources=["*"],
+                    ),
+                ],
+            )
+            acknowledge(
+                policy,
+                f"X-Ray's PutTraceSegments and PutTelemetryRecords support no resource-level "
+                f"permissions; '*' is the only resource they accept (active tracing of {fn}).",
+                "AwsSolutions-IAM5[Resource::*]",
+            )
+            if "records_table" in model.model_fields:
+                records.grant_read_write(policy)
+            if "audit_table" in model.model_fields:
+                audit.grant_append(policy)
+
+            values = {k: v for k, v in available.items() if k in model.model_fields}
+            function = lambda_.Function(
+                self,
+                fid,
+                description=f"{names.STACK_NAME} {fn}: invoked by {INVOKED_BY[fn]}.",
+                runtime=RUNTIME,
+                architecture=ARCHITECTURE,
+                code=code,
+                handler=names.handler_path(fn),
+                layers=[self.layer],
+                # The role's permissions are exactly its policy: CDK may not add any of its own.
+                role=role.without_policy_updates(),
+                log_group=log_group,
+                tracing=lambda_.Tracing.ACTIVE,
+                memory_size=config.function_memory_mb,
+                timeout=Duration.seconds(config.function_timeout_seconds),
+                reserved_concurrent_executions=config.reserved_concurrency.get(fn),
+                environment={**environment_for(model, **values), **POWERTOOLS_ENVIRONMENT},
+            )
+            function.node.add_dependency(policy)
+            self._acknowledge(function, fn, config)
+
+            self.functions[fn] = function
+            self.roles[fn] = role
+            self.policies[fn] = policy
+            self.log_groups[fn] = log_group
+
+    @staticmethod
+    def _acknowledge(function: lambda_.Function, fn: str, config: EnvironmentConfig) -> None:
+        acknowledge(
+            function,
+            f"The {fn} function is invoked only synchronously, by {INVOKED_BY[fn]}; a Lambda "
+            "dead-letter queue receives failed asynchronous invocations only, so it would stay "
+            "empty. Failures are returned to the caller and alarmed on (Errors metric).",
+            "HIPAA.Security-LambdaDLQ",
+            "Serverless-LambdaDLQ",
+        )
+        acknowledge(
+            function,
+            f"The {fn} function calls {REACHES[fn]}; it exposes no network-reachable resource a VPC "
+            "would shield, and inside a VPC it would need a NAT gateway or interface endpoints to "
+            "reach the same services.",
+            "HIPAA.Security-LambdaInsideVPC",
+        )
+        if fn not in config.reserved_concurrency:
+            acknowledge(
+                function,
+                f"Environment '{config.name}' reserves no concurrency for {fn} (reserved_concurrency "
+                "in cdk.json): new accounts have a concurrency quota too small to reserve from; the "
+                "stage throttle limits the load instead.",
+                "HIPAA.Security-LambdaConcurrency",
+            )
