@@ -53,13 +53,21 @@ def environment(issuer: DevIssuer) -> dict[str, str]:
 
 
 def sample(module: str, paths: str, env: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-c", PROBE, module, paths], env=env, capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, module, paths],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "bench" / "results" / "cold_import.json")
     args = parser.parse_args()
@@ -101,7 +109,8 @@ def main() -> None:
     print(f"{'module':<26}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}")
     for name, result in results.items():
         print(f"{name:<26}{result['median_ms']:>10}{result['p90_ms']:>9}{result['ratio_to_bare']:>8}")
-    print(f"target ratio <= {TARGET_RATIO}: {'met' if report['all_within_target'] else 'NOT met'}; wrote {args.out}")
+    verdict = "met" if report["all_within_target"] else "NOT met"
+    print(f"target ratio <= {TARGET_RATIO}: {verdict}; wrote {args.out}")
 
 
 if __name__ == "__main__":
