@@ -30,6 +30,7 @@ def cloud_discovery():
         DiscoverySettings(
             issuer="https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc",
             jwks_url="https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json",
+            jwks_json=None,  # explicit: settings from arguments, not from this process's environment
             token_endpoint="https://ehr.auth.eu-west-1.amazoncognito.com/oauth2/token",
         )
     )
