@@ -1,0 +1,1 @@
+"""FHIR R4 search: parameters, index terms, query parsing, index plans and matching."""
