@@ -7,10 +7,12 @@ from typing import Final
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from ehr.store.schema import RECORDS_TABLE
 from infra.config import EnvironmentConfig
+from infra.constructs.nag import acknowledge
 from infra.constructs.tables import LEADING_KEYS_CONDITION, build_table, table_key_statement
 
 # Item-level actions the FHIR API needs: reads, conditional writes and transactions (a
@@ -45,6 +47,24 @@ class ClinicalStore(Construct):
         super().__init__(scope, construct_id)
         self.key = key
         self.records_table: dynamodb.Table = build_table(self, RECORDS_TABLE, key=key, config=config)
+        # The key of the opaque paging cursors (Fernet, derived from this random value).
+        self.cursor_secret = secretsmanager.Secret(
+            self,
+            "CursorSecret",
+            description="Keys the FHIR API's encrypted paging cursors; not a credential.",
+            encryption_key=key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64, exclude_punctuation=True
+            ),
+        )
+        acknowledge(
+            self.cursor_secret,
+            "The cursor secret keys short-lived (24 h) encrypted paging cursors and grants no access to "
+            "anything; rotating it only invalidates open cursors, so it is replaced by redeploying rather "
+            "than by a rotation Lambda.",
+            "AwsSolutions-SMG4",
+            "HIPAA.Security-SecretsManagerRotationEnabled",
+        )
 
     def grant_read_write(self, policy: iam.ManagedPolicy) -> None:
         """Item reads and writes on tenant-shaped keys (``T#...#...``), and use of the table's key."""
@@ -56,4 +76,24 @@ class ClinicalStore(Construct):
                 conditions=LEADING_KEYS_CONDITION,
             ),
             table_key_statement(self.records_table, self.key, list(RECORDS_KEY_ACTIONS)),
+        )
+
+    def grant_cursor_secret(self, policy: iam.ManagedPolicy) -> None:
+        """Read the cursor secret (and decrypt it with the data key)."""
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="ReadCursorSecret",
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[self.cursor_secret.secret_arn],
+            ),
+            iam.PolicyStatement(
+                sid="DecryptCursorSecret",
+                actions=["kms:Decrypt"],
+                resources=[self.key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{self.records_table.stack.region}.amazonaws.com"
+                    }
+                },
+            ),
         )

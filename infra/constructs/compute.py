@@ -102,6 +102,7 @@ class Compute(Construct):
             **identity.settings(),
             "records_table": records.records_table.table_name,
             "audit_table": audit.audit_table.table_name,
+            "cursor_secret_name": records.cursor_secret.secret_name,
         }
 
         self.functions: dict[str, lambda_.Function] = {}
@@ -153,6 +154,8 @@ class Compute(Construct):
                 records.grant_read_write(policy)
             if "audit_table" in model.model_fields:
                 audit.grant_append(policy)
+            if "cursor_secret_name" in model.model_fields:
+                records.grant_cursor_secret(policy)
 
             values = {k: v for k, v in available.items() if k in model.model_fields}
             function = lambda_.Function(

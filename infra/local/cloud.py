@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class LocalResources:
     event_bus_arn: str
     dead_letter_queue_url: str
     lab_order_state_machine_arn: str
+    cursor_secret_name: str
 
 
 class LocalCloud:
@@ -186,6 +188,11 @@ class LocalCloud:
                 ],
             )
 
+        cursor_secret = f"{self.prefix}/cursor-key"
+        self.client("secretsmanager").create_secret(
+            Name=cursor_secret, SecretString=secrets.token_hex(32), KmsKeyId=key_arn
+        )
+
         return LocalResources(
             region=self.region,
             records_table=table_names[store.RECORDS_TABLE.logical_id],
@@ -196,4 +203,5 @@ class LocalCloud:
             event_bus_arn=bus_arn,
             dead_letter_queue_url=dlq_url,
             lab_order_state_machine_arn=state_machine_arn,
+            cursor_secret_name=cursor_secret,
         )

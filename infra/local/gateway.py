@@ -39,28 +39,54 @@ class GatewayResult:
     body: bytes
 
 
+class _Resource:
+    """One API Gateway resource (path segment) with its methods and children."""
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Resource] = {}
+        self.variable: tuple[str, _Resource] | None = None
+        self.methods: dict[str, Route] = {}
+
+
 class RouteTable:
-    """Matches concrete paths against the route table, static segments before variables."""
+    """API Gateway's resource tree built from the route table.
+
+    As in API Gateway, a path is resolved segment by segment, a static segment winning over a
+    path variable, without backtracking; then the method must exist on that resource. A method
+    missing on the resource the path resolved to is not looked for elsewhere.
+    """
 
     def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
-        compiled = []
+        self._root = _Resource()
         for route in routes:
-            segments = route.path.strip("/").split("/")
-            pattern = (
-                "^/"
-                + "/".join(f"(?P<{s[1:-1]}>[^/]+)" if s.startswith("{") else re.escape(s) for s in segments)
-                + "$"
-            )
-            static = sum(1 for s in segments if not s.startswith("{"))
-            compiled.append((re.compile(pattern), static, route))
-        self._compiled = sorted(compiled, key=lambda c: (-c[1], c[2].path))
+            node = self._root
+            for segment in route.path.strip("/").split("/"):
+                if segment.startswith("{"):
+                    name = segment.strip("{}+")
+                    if node.variable is None:
+                        node.variable = (name, _Resource())
+                    elif node.variable[0] != name:
+                        clash = f"{node.variable[0]!r} and {name!r}"
+                        raise ValueError(f"sibling path variables {clash} at {route.path}")
+                    node = node.variable[1]
+                else:
+                    node = node.static.setdefault(segment, _Resource())
+            node.methods[route.method] = route
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        for pattern, _, route in self._compiled:
-            found = pattern.match(path)
-            if found and route.method == method:
-                return route, {k: unquote(v) for k, v in found.groupdict().items()}
-        return None
+        node = self._root
+        params: dict[str, str] = {}
+        for raw in path.strip("/").split("/") if path.strip("/") else []:
+            segment = unquote(raw)
+            if segment in node.static:
+                node = node.static[segment]
+            elif node.variable is not None and segment:
+                name, node = node.variable
+                params[name] = segment
+            else:
+                return None
+        route = node.methods.get(method)
+        return (route, params) if route is not None else None
 
 
 @dataclass

@@ -35,7 +35,11 @@ def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[s
         **environment_for(AuthorizerSettings, **auth),
         **environment_for(DiscoverySettings, **auth),
         **environment_for(
-            FhirApiSettings, records_table=resources.records_table, audit_table=resources.audit_table, **auth
+            FhirApiSettings,
+            records_table=resources.records_table,
+            audit_table=resources.audit_table,
+            cursor_secret_name=resources.cursor_secret_name,
+            **auth,
         ),
         "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,

@@ -9,7 +9,7 @@ import pytest
 from aws_cdk import aws_lambda as lambda_
 
 from ehr import names
-from ehr.settings import environment_for
+from ehr.settings import LOCAL_ONLY_SETTINGS, environment_for
 from infra.constructs.audit import AUDIT_APPEND_ACTIONS
 from infra.constructs.clinical_store import RECORDS_READ_WRITE_ACTIONS
 from infra.constructs.compute import SETTINGS
@@ -64,7 +64,9 @@ def test_function_environment_is_its_settings_model(any_env, fn) -> None:
     variables = function_props(any_env, fn)["Environment"]["Variables"]
     model = SETTINGS[fn]
     ehr_vars = {k for k in variables if k.startswith("EHR_")}
-    expected = set(environment_for(model, **{f: "x" for f in model.model_fields if f != "jwks_json"}))
+    expected = set(
+        environment_for(model, **{f: "x" for f in model.model_fields if f not in LOCAL_ONLY_SETTINGS})
+    )
     assert ehr_vars == expected
     assert "EHR_JWKS_JSON" not in variables  # local mode only
     assert variables["EHR_ENVIRONMENT"] == any_env.config.name

@@ -18,6 +18,7 @@ SUBJECTS = (
     *names.FUNCTIONS,
     *(r.path for r in ROUTES),
     "bucket", "table", "queue", "pool", "stage", "policy", "role", "workflow", "X-Ray", "API Gateway",
+    "secret",
 )  # fmt: skip
 GENERIC = re.compile(r"\b(todo|n/a|not needed|suppress(ed)?|false positive|ignore)\b", re.IGNORECASE)
 

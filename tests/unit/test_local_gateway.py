@@ -28,7 +28,7 @@ def test_static_segments_win_over_path_variables():
 
 def test_unknown_paths_and_methods_do_not_match():
     table = RouteTable()
-    assert table.match("GET", "/tenants/a/fhir/metadata/extra") is None
+    assert table.match("GET", "/tenants/a/fhir/Patient/1/_history/2/extra") is None
     assert table.match("DELETE", "/tenants/a/fhir/metadata") is None
     assert table.match("GET", "/") is None
 

@@ -13,16 +13,27 @@ from ehr.api.fhir_api import build_fhir_api
 from ehr.api.http import HttpRequest
 from ehr.api.routes import ROUTES
 from ehr.bootstrap import bootstrap_fhir
+from ehr.fhir.cursors import CursorCodec
 from ehr.security.tenancy import InMemoryTenantDirectory, new_tenant
 from ehr.settings import DiscoverySettings, FhirApiSettings
+from ehr.store.memory import InMemoryRecordStore
 from tests.conftest import load_event
 
 METADATA = "/tenants/{tenant}/fhir/metadata"
 
 
+def fakes() -> dict:
+    return {"store": InMemoryRecordStore(), "cursors": CursorCodec(b"unit-test-cursor-secret-32-bytes!!")}
+
+
 @pytest.fixture
 def fhir_settings(auth_settings) -> FhirApiSettings:
-    return FhirApiSettings(**auth_settings.model_dump(), records_table="records", audit_table="audit")
+    return FhirApiSettings(
+        **auth_settings.model_dump(),
+        records_table="records",
+        audit_table="audit",
+        cursor_secret_name="unused",
+    )
 
 
 @pytest.fixture
@@ -30,7 +41,7 @@ def fhir_api(fhir_settings) -> Api:
     tenants = InMemoryTenantDirectory(
         [new_tenant("clinic-a", "clinic", "A"), new_tenant("clinic-b", "clinic", "B")]
     )
-    return build_fhir_api(bootstrap_fhir(fhir_settings, tenants=tenants))
+    return build_fhir_api(bootstrap_fhir(fhir_settings, tenants=tenants, **fakes()))
 
 
 def get(api: Api, tenant: str, token: str | None, resource: str = METADATA) -> tuple[int, dict, dict]:
@@ -111,7 +122,7 @@ def test_an_unexpected_failure_is_a_500_outcome_without_internals(fhir_settings,
         def get(self, tenant_id):
             raise RuntimeError("dynamodb table ehr-prod-RecordsTable exploded at /var/task/x.py")
 
-    api = build_fhir_api(bootstrap_fhir(fhir_settings, tenants=ExplodingDirectory()))
+    api = build_fhir_api(bootstrap_fhir(fhir_settings, tenants=ExplodingDirectory(), **fakes()))
     status, body, _ = get(api, "clinic-a", issuer.mint(tenant="clinic-a", scope="user/*.rs"))
     assert (status, outcome_code(body)) == (500, "exception")
     text = json.dumps(body)

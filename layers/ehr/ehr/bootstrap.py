@@ -4,12 +4,19 @@ and tests all call it; tests pass fakes through ``overrides``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ehr.api.app import BearerAuthenticator
 from ehr.security.tenancy import TenantDirectory
 from ehr.security.tokens import KeySource, RemoteJwks, StaticJwks, TokenVerifier
 from ehr.settings import AuthSettings, FhirApiSettings
+
+if TYPE_CHECKING:
+    from ehr.fhir.bundles import BundleProcessor
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+    from ehr.store.ports import RecordStore
 
 
 def key_source(settings: AuthSettings) -> KeySource:
@@ -31,16 +38,43 @@ class FhirServices:
     settings: FhirApiSettings
     authenticate: BearerAuthenticator
     tenants: TenantDirectory
+    store: RecordStore
+    cursors: CursorCodec
+    fhir: FhirService
+    search: SearchEngine
+    bundles: BundleProcessor
 
 
 def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
+    from ehr.fhir.bundles import BundleProcessor
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+
     tenants = overrides.get("tenants")
     if tenants is None:
         from ehr.store.tenants import DynamoTenantDirectory
 
-        tenants = DynamoTenantDirectory(settings.records_table)
+        tenants = DynamoTenantDirectory(settings.records_table, host=settings.dynamodb_endpoint)
+    store = overrides.get("store")
+    if store is None:
+        from ehr.store.dynamo import DynamoRecordStore
+
+        store = DynamoRecordStore(settings.records_table, host=settings.dynamodb_endpoint)
+    cursors = overrides.get("cursors")
+    if cursors is None:
+        from ehr.store.secrets import secret_bytes
+
+        cursors = CursorCodec(secret_bytes(settings.cursor_secret_name))
+    fhir = FhirService(store)
+    search = SearchEngine(store, cursors)
     return FhirServices(
         settings=settings,
         authenticate=overrides.get("authenticate") or authenticator(settings, keys=overrides.get("keys")),
         tenants=tenants,
+        store=store,
+        cursors=cursors,
+        fhir=fhir,
+        search=search,
+        bundles=BundleProcessor(fhir, search),
     )

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ehr import names
 
 ENV_PREFIX = "EHR_"
+# Settings only local mode sets (the cloud stack never does).
+LOCAL_ONLY_SETTINGS = frozenset({"jwks_json", "dynamodb_endpoint"})
 
 
 class AuthSettings(BaseSettings):
@@ -53,9 +55,18 @@ class StoreSettings(BaseSettings):
 
     records_table: str = Field(description="DynamoDB table of clinical records.")
     audit_table: str = Field(description="DynamoDB table of AuditEvents (append-only).")
+    dynamodb_endpoint: str | None = Field(
+        default=None, description="DynamoDB endpoint override (local mode with DynamoDB Local)."
+    )
 
 
-class FhirApiSettings(AuthSettings, StoreSettings):
+class FhirStoreSettings(StoreSettings):
+    """Settings of functions that page through FHIR searches."""
+
+    cursor_secret_name: str = Field(description="Secrets Manager secret whose value keys the paging cursors.")
+
+
+class FhirApiSettings(AuthSettings, FhirStoreSettings):
     """Settings of the FHIR REST function."""
 
 

@@ -4,22 +4,42 @@ handler, the local emulator and tests all serve this same ``Api``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any, Final
+from urllib.parse import parse_qs, urlencode
 
 from ehr import names
 from ehr.api.app import Api, RequestContext
-from ehr.api.http import HttpResponse
+from ehr.api.http import HttpRequest, HttpResponse
 from ehr.bootstrap import FhirServices
-from ehr.fhir.capability import CapabilityRegistry, capability_statement
+from ehr.fhir.capability import capability_statement
+from ehr.fhir.outcome import (
+    Issue,
+    OperationOutcomeError,
+    invalid,
+    not_supported,
+    operation_outcome,
+    too_large,
+)
+from ehr.fhir.service import HISTORY_DEFAULT_COUNT, HISTORY_MAX_COUNT, WriteResult, check_type
+from ehr.fhir.validation import parse_json
+from ehr.store.ports import StoredResource
+
+MAX_BODY_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+JSON_TYPES: Final = ("application/fhir+json", "application/json", "application/json+fhir")
+PATCH_TYPES: Final = ("application/json-patch+json",)
+FORM_TYPE: Final = "application/x-www-form-urlencoded"
 
 
-def implemented_capabilities() -> CapabilityRegistry:
-    """Everything this server implements for FHIR clients (the foundation: only `metadata`)."""
-    return CapabilityRegistry()
+def implemented_capabilities() -> Any:
+    from ehr.fhir.capabilities import implemented
+
+    return implemented()
 
 
-def build_fhir_api(
+def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR interaction
     services: FhirServices,
     *,
     logger: logging.Logger | Any = None,
@@ -32,12 +52,316 @@ def build_fhir_api(
         logger=logger,
         observe=observe,
     )
-    registry = implemented_capabilities()
+    fhir = services.fhir
+    search = services.search
+    bundles = services.bundles
 
     @api.operation("getCapabilityStatement")
     def get_capability_statement(ctx: RequestContext) -> HttpResponse:
-        base = f"{ctx.request.base_url}/tenants/{ctx.request.path_params['tenant']}/fhir"
-        statement = capability_statement(base, registry, token_endpoint=services.settings.token_endpoint)
+        statement = capability_statement(
+            fhir_base(ctx.request),
+            implemented_capabilities(),
+            token_endpoint=services.settings.token_endpoint,
+        )
         return HttpResponse.json(200, statement)
 
+    @api.operation("read")
+    def read(ctx: RequestContext) -> HttpResponse:
+        stored = fhir.read(tenant(ctx), *type_and_id(ctx))
+        return resource_response(200, stored, ctx.request)
+
+    @api.operation("vread")
+    def vread(ctx: RequestContext) -> HttpResponse:
+        stored = fhir.vread(tenant(ctx), *type_and_id(ctx), ctx.request.path_params.get("vid", ""))
+        return resource_response(200, stored, ctx.request)
+
+    @api.operation("create")
+    def create(ctx: RequestContext) -> HttpResponse:
+        resource_type = path_type(ctx)
+        resource = json_body(ctx.request)
+        if_none_exist = ctx.request.header("if-none-exist")
+        if if_none_exist is not None:
+            existing = search.find_for_condition(
+                tenant(ctx), resource_type, if_none_exist, header="If-None-Exist"
+            )
+            if existing is not None:
+                return write_response(WriteResult("unchanged", existing), ctx.request)
+        return write_response(fhir.create(tenant(ctx), resource_type, resource), ctx.request)
+
+    @api.operation("update")
+    def update(ctx: RequestContext) -> HttpResponse:
+        resource_type, resource_id = type_and_id(ctx)
+        result = fhir.update(
+            tenant(ctx),
+            resource_type,
+            resource_id,
+            json_body(ctx.request),
+            if_match=ctx.request.header("if-match"),
+        )
+        return write_response(result, ctx.request)
+
+    @api.operation("conditionalUpdate")
+    def conditional_update(ctx: RequestContext) -> HttpResponse:
+        resource_type = path_type(ctx)
+        resource = json_body(ctx.request)
+        result = bundles.conditional_update(
+            tenant(ctx),
+            resource_type,
+            query_string(ctx.request),
+            resource,
+            if_match=ctx.request.header("if-match"),
+        )
+        return write_response(result, ctx.request)
+
+    @api.operation("patch")
+    def patch(ctx: RequestContext) -> HttpResponse:
+        content_type = media_type(ctx.request)
+        if content_type not in PATCH_TYPES:
+            raise not_supported(
+                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json).", status=415
+            )
+        result = fhir.patch(
+            tenant(ctx),
+            *type_and_id(ctx),
+            parse_json(body_bytes(ctx.request)),
+            if_match=ctx.request.header("if-match"),
+        )
+        return write_response(result, ctx.request)
+
+    @api.operation("delete")
+    def delete(ctx: RequestContext) -> HttpResponse:
+        fhir.delete(tenant(ctx), *type_and_id(ctx))
+        return HttpResponse(status=204)
+
+    @api.operation("conditionalDelete")
+    def conditional_delete(ctx: RequestContext) -> HttpResponse:
+        bundles.conditional_delete(tenant(ctx), path_type(ctx), query_string(ctx.request))
+        return HttpResponse(status=204)
+
+    @api.operation("instanceHistory")
+    def instance_history(ctx: RequestContext) -> HttpResponse:
+        resource_type, resource_id = type_and_id(ctx)
+        return history_response(ctx, resource_type, resource_id)
+
+    @api.operation("typeHistory")
+    def type_history(ctx: RequestContext) -> HttpResponse:
+        return history_response(ctx, path_type(ctx), None)
+
+    def history_response(ctx: RequestContext, resource_type: str, resource_id: str | None) -> HttpResponse:
+        params = query_params(ctx.request)
+        count = int_param(params, "_count", HISTORY_DEFAULT_COUNT, HISTORY_MAX_COUNT)
+        since = params.get("_since", [None])[-1]
+        if since is not None:
+            since = search.normalize_instant(since, expression="_since")
+        scope = f"history|{resource_type}|{resource_id}|{since}|{count}"
+        cursor_token = params.get("_cursor", [None])[-1]
+        cursor = (
+            services.cursors.decode(cursor_token, tenant=tenant(ctx), scope=scope) if cursor_token else None
+        )
+        items, next_state = fhir.history(
+            tenant(ctx), resource_type, resource_id, since=since, count=count, cursor=cursor
+        )
+        base = fhir_base(ctx.request)
+        self_url = f"{base}/{resource_type}{'/' + resource_id if resource_id else ''}/_history"
+        links = [{"relation": "self", "url": self_url + keep_query(params)}]
+        if next_state:
+            token = services.cursors.encode(tenant=tenant(ctx), scope=scope, state=next_state)
+            links.append({"relation": "next", "url": self_url + keep_query(params, _cursor=token)})
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "link": links,
+            "entry": [history_entry(base, stored) for stored in items],
+        }
+        return HttpResponse.json(200, bundle)
+
+    @api.operation("searchType")
+    def search_type(ctx: RequestContext) -> HttpResponse:
+        check_type(path_type(ctx))
+        return search_response(ctx, query_params(ctx.request))
+
+    @api.operation("searchTypePost")
+    def search_type_post(ctx: RequestContext) -> HttpResponse:
+        check_type(path_type(ctx))
+        if media_type(ctx.request) != FORM_TYPE:
+            raise not_supported(
+                "POST _search takes application/x-www-form-urlencoded parameters.", status=415
+            )
+        params = {k: list(v) for k, v in query_params(ctx.request).items()}
+        for key, values in parse_qs(
+            body_bytes(ctx.request).decode("utf-8", "replace"), keep_blank_values=True
+        ).items():
+            params.setdefault(key, []).extend(values)
+        return search_response(ctx, params)
+
+    def search_response(ctx: RequestContext, params: Mapping[str, list[str]]) -> HttpResponse:
+        bundle = search.search_bundle(
+            tenant(ctx),
+            path_type(ctx),
+            params,
+            base=fhir_base(ctx.request),
+            strict=prefer(ctx.request).get("handling") == "strict",
+        )
+        return HttpResponse.json(200, bundle)
+
+    @api.operation("instanceOperation")
+    def instance_operation(ctx: RequestContext) -> HttpResponse:
+        resource_type, resource_id = type_and_id(ctx)
+        operation = ctx.request.path_params.get("operation", "")
+        if resource_type == "Patient" and operation == "$everything":
+            bundle = search.everything(
+                tenant(ctx), resource_id, query_params(ctx.request), base=fhir_base(ctx.request)
+            )
+            return HttpResponse.json(200, bundle)
+        raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
+
+    @api.operation("postBundle")
+    def post_bundle(ctx: RequestContext) -> HttpResponse:
+        bundle = json_body(ctx.request)
+        response = bundles.process(tenant(ctx), bundle, base=fhir_base(ctx.request))
+        return HttpResponse.json(200, response)
+
     return api
+
+
+# -- request helpers -------------------------------------------------------------------------------
+
+
+def tenant(ctx: RequestContext) -> str:
+    assert ctx.tenant is not None  # every FHIR route is tenant-scoped; the pipeline resolved it
+    return ctx.tenant.tenant_id
+
+
+def path_type(ctx: RequestContext) -> str:
+    resource_type = ctx.request.path_params.get("type", "")
+    check_type(resource_type)
+    return resource_type
+
+
+def type_and_id(ctx: RequestContext) -> tuple[str, str]:
+    return path_type(ctx), ctx.request.path_params.get("id", "")
+
+
+def fhir_base(request: HttpRequest) -> str:
+    return f"{request.base_url}/tenants/{request.path_params.get('tenant', '')}/fhir"
+
+
+def media_type(request: HttpRequest) -> str:
+    return (request.header("content-type") or "").split(";")[0].strip().lower()
+
+
+def body_bytes(request: HttpRequest) -> bytes:
+    if len(request.body) > MAX_BODY_BYTES:
+        raise too_large(f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.")
+    if not request.body:
+        raise invalid("The request needs a body.")
+    return request.body
+
+
+def json_body(request: HttpRequest) -> Any:
+    content_type = media_type(request)
+    if content_type and content_type not in JSON_TYPES:
+        raise not_supported(
+            f"Content-Type {content_type[:60]!r} is not accepted; send application/fhir+json.", status=415
+        )
+    return parse_json(body_bytes(request))
+
+
+def query_params(request: HttpRequest) -> dict[str, list[str]]:
+    return {k: list(v) for k, v in request.query.items()}
+
+
+def query_string(request: HttpRequest) -> str:
+    return urlencode([(k, v) for k, values in request.query.items() for v in values])
+
+
+def int_param(params: Mapping[str, list[str]], name: str, default: int, maximum: int) -> int:
+    values = params.get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if not text.isdigit() or not 0 < int(text) <= maximum:
+        raise invalid(f"{name} must be a whole number from 1 to {maximum}.", expression=[name])
+    return int(text)
+
+
+def keep_query(params: Mapping[str, list[str]], **replace: str) -> str:
+    pairs = [(k, v) for k, values in params.items() if k not in replace and k != "_cursor" for v in values]
+    pairs += list(replace.items())
+    return ("?" + urlencode(pairs)) if pairs else ""
+
+
+def prefer(request: HttpRequest) -> dict[str, str]:
+    found = {}
+    for part in (request.header("prefer") or "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key:
+                found[key.lower()] = value.strip().strip('"').lower()
+    return found
+
+
+# -- response helpers ------------------------------------------------------------------------------
+
+
+def http_date(instant: str) -> str:
+    return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
+
+
+def version_headers(stored: StoredResource) -> dict[str, str]:
+    return {"ETag": f'W/"{stored.version}"', "Last-Modified": http_date(stored.last_updated)}
+
+
+def resource_response(status: int, stored: StoredResource, request: HttpRequest) -> HttpResponse:
+    return HttpResponse.json(status, stored.body, headers=version_headers(stored))
+
+
+def write_response(result: WriteResult, request: HttpRequest) -> HttpResponse:
+    stored = result.stored
+    if stored is None:
+        return HttpResponse(status=204)
+    headers = version_headers(stored)
+    headers["Location"] = f"{fhir_base(request)}/{stored.resource_type}/{stored.id}/_history/{stored.version}"
+    wanted = prefer(request).get("return", "representation")
+    if wanted == "minimal":
+        return HttpResponse(status=result.status, headers=headers)
+    if wanted == "operationoutcome":
+        message = {
+            "created": "Created",
+            "updated": "Updated",
+            "unchanged": "A matching resource already exists",
+        }
+        outcome = operation_outcome(
+            [
+                Issue(
+                    code="informational",
+                    severity="information",
+                    diagnostics=f"{message.get(result.outcome, 'Done')}: {stored.resource_type}/{stored.id}",
+                )
+            ]
+        )
+        return HttpResponse.json(result.status, outcome, headers=headers)
+    return HttpResponse.json(result.status, stored.body, headers=headers)
+
+
+def history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
+    url = f"{stored.resource_type}/{stored.id}"
+    method = {"create": "POST", "update": "PUT", "delete": "DELETE"}[stored.operation]
+    entry: dict[str, Any] = {
+        "fullUrl": f"{base}/{url}",
+        "request": {"method": method, "url": stored.resource_type if method == "POST" else url},
+        "response": {
+            "status": {"create": "201 Created", "update": "200 OK", "delete": "204 No Content"}[
+                stored.operation
+            ],
+            "etag": f'W/"{stored.version}"',
+            "lastModified": stored.last_updated,
+        },
+    }
+    if stored.body is not None:
+        entry["resource"] = stored.body
+    return entry
+
+
+def raise_outcome(status: int, code: str, message: str) -> None:
+    raise OperationOutcomeError(status=status, issues=(Issue(code=code, diagnostics=message),))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ehr.api.routes import FHIR_JSON
+from ehr.fhir import jsonio
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class HttpResponse:
         headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
         all_headers = {"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})}
-        return cls(status=status, body=json.dumps(document, separators=(",", ":")), headers=all_headers)
+        return cls(status=status, body=jsonio.dumps(document), headers=all_headers)
 
     def to_apigw(self) -> dict[str, Any]:
         return {

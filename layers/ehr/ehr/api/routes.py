@@ -16,6 +16,9 @@ from ehr import names
 FHIR_JSON: Final = "application/fhir+json"
 JSON: Final = "application/json"
 
+TYPE: Final = "/tenants/{tenant}/fhir/{type}"
+INSTANCE: Final = "/tenants/{tenant}/fhir/{type}/{id}"
+
 _PARAM = re.compile(r"\{([A-Za-z0-9_]+)\+?\}")
 
 
@@ -32,6 +35,7 @@ class Route:
     tenant_scoped: bool = True
     tags: tuple[str, ...] = ()
     produces: str = FHIR_JSON
+    consumes: bool = False  # takes a request body
     # Extra documented responses beyond the pipeline's standard ones, e.g. {302: "redirect"}.
     responses: dict[int, str] = field(default_factory=dict)
 
@@ -100,6 +104,125 @@ ROUTES: Final[tuple[Route, ...]] = (
         tenant_scoped=False,
         tags=("smart",),
         produces=JSON,
+    ),
+    Route(
+        "POST",
+        "/tenants/{tenant}/fhir",
+        names.FN_FHIR_API,
+        "postBundle",
+        "Process a batch or transaction Bundle.",
+        tags=("fhir",),
+        consumes=True,
+    ),
+    Route("GET", TYPE, names.FN_FHIR_API, "searchType", "Search resources of a type.", tags=("fhir",)),
+    Route(
+        "POST",
+        TYPE,
+        names.FN_FHIR_API,
+        "create",
+        "Create a resource (server-assigned id; If-None-Exist).",
+        tags=("fhir",),
+        consumes=True,
+        responses={201: "Created"},
+    ),
+    Route(
+        "PUT",
+        TYPE,
+        names.FN_FHIR_API,
+        "conditionalUpdate",
+        "Update the one resource matching the search.",
+        tags=("fhir",),
+        consumes=True,
+        responses={201: "Created"},
+    ),
+    Route(
+        "DELETE",
+        TYPE,
+        names.FN_FHIR_API,
+        "conditionalDelete",
+        "Delete the resource(s) matching the search.",
+        tags=("fhir",),
+        responses={204: "Deleted"},
+    ),
+    Route(
+        "POST",
+        f"{TYPE}/_search",
+        names.FN_FHIR_API,
+        "searchTypePost",
+        "Search resources of a type with parameters in a form body.",
+        tags=("fhir",),
+        consumes=True,
+    ),
+    Route(
+        "GET",
+        f"{TYPE}/_history",
+        names.FN_FHIR_API,
+        "typeHistory",
+        "History of all resources of a type.",
+        tags=("fhir",),
+    ),
+    Route(
+        "GET",
+        INSTANCE,
+        names.FN_FHIR_API,
+        "read",
+        "Read the current version of a resource.",
+        tags=("fhir",),
+        responses={410: "Deleted"},
+    ),
+    Route(
+        "PUT",
+        INSTANCE,
+        names.FN_FHIR_API,
+        "update",
+        "Update a resource, or create it with this id.",
+        tags=("fhir",),
+        consumes=True,
+        responses={201: "Created", 409: "Conflict", 412: "Version mismatch"},
+    ),
+    Route(
+        "PATCH",
+        INSTANCE,
+        names.FN_FHIR_API,
+        "patch",
+        "Patch a resource with a JSON Patch document.",
+        tags=("fhir",),
+        consumes=True,
+        responses={412: "Version mismatch", 422: "Patch cannot be applied"},
+    ),
+    Route(
+        "DELETE",
+        INSTANCE,
+        names.FN_FHIR_API,
+        "delete",
+        "Delete a resource (history is kept).",
+        tags=("fhir",),
+        responses={204: "Deleted"},
+    ),
+    Route(
+        "GET",
+        f"{INSTANCE}/_history",
+        names.FN_FHIR_API,
+        "instanceHistory",
+        "History of one resource.",
+        tags=("fhir",),
+    ),
+    Route(
+        "GET",
+        f"{INSTANCE}/_history/{{vid}}",
+        names.FN_FHIR_API,
+        "vread",
+        "Read one version of a resource.",
+        tags=("fhir",),
+        responses={410: "That version is a deletion"},
+    ),
+    Route(
+        "GET",
+        f"{INSTANCE}/{{operation}}",
+        names.FN_FHIR_API,
+        "instanceOperation",
+        "Run an operation on a resource: Patient/{id}/$everything.",
+        tags=("fhir",),
     ),
     Route(
         "GET",

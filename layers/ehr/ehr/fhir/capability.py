@@ -45,6 +45,7 @@ class ResourceCapability:
     conditional_create: bool = False
     conditional_update: bool = False
     conditional_delete: str = "not-supported"
+    search_includes: bool = True
     operations: tuple[tuple[str, str], ...] = ()  # (name, OperationDefinition canonical)
 
 

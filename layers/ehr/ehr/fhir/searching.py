@@ -1,0 +1,547 @@
+"""Search execution: every search is DynamoDB Queries on index items, never a Scan.
+
+One clause drives the search: its key ranges (``ehr.fhir.search.plan``) are Queried on the
+index; every candidate's current version is then checked against all clauses (``matches``) using
+the index entries stored with it. A search that no clause can drive (only ``:missing``, ``:not``…)
+is driven by the type's ``_lastUpdated`` index: still a Query, its cost growing with the type.
+
+Two modes:
+- streaming: one key range, results in index order (or ``_sort`` on that same parameter); pages
+  resume after the last hit returned, so paging never re-reads earlier pages;
+- collecting: OR'ed ranges, chains or a ``_sort`` the driving index does not give: all matches
+  are gathered (up to ``MAX_COLLECT``), sorted and paged by offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from ehr.fhir.cursors import CursorCodec
+from ehr.fhir.outcome import Issue, OperationOutcomeError, invalid, precondition_failed
+from ehr.fhir.search import definitions
+from ehr.fhir.search.encoding import date_range
+from ehr.fhir.search.extract import END_PREFIX, IndexTerm
+from ehr.fhir.search.match import matches
+from ehr.fhir.search.plan import KeyRange as PlanRange
+from ehr.fhir.search.plan import key_ranges
+from ehr.fhir.search.query import Include, SearchClause, SearchQuery, parse_query, resolve_chain
+from ehr.store import keys
+from ehr.store.ports import IndexHit, KeyRange, RecordStore, StoredResource
+
+MAX_COLLECT: Final = 10_000
+MAX_INCLUDES: Final = 1_000
+EVERYTHING_DEFAULT_COUNT: Final = 100
+EVERYTHING_MAX_COUNT: Final = 1_000
+IGNORED_PARAMS: Final = frozenset({"_format", "_pretty", "_cursor"})
+
+
+@dataclass
+class _Result:
+    resources: list[StoredResource]
+    next_state: dict[str, Any] | None
+    total: int | None
+
+
+def _terms(stored: StoredResource) -> list[IndexTerm]:
+    return [IndexTerm(e.param, e.key, e.sort, e.high, e.text) for e in stored.index]
+
+
+def _store_range(plan: PlanRange) -> KeyRange:
+    return KeyRange(param=plan.param, key=plan.key, sort_low=plan.sort_low, sort_high=plan.sort_high)
+
+
+class SearchEngine:
+    def __init__(self, store: RecordStore, cursors: CursorCodec, *, max_collect: int = MAX_COLLECT) -> None:
+        self.store = store
+        self.cursors = cursors
+        self.max_collect = max_collect
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def search_bundle(
+        self, tenant: str, resource_type: str, params: Mapping[str, Sequence[str]], *, base: str, strict: bool
+    ) -> dict[str, Any]:
+        search_params = {k: list(v) for k, v in params.items() if k not in IGNORED_PARAMS}
+        query = parse_query(resource_type, search_params)
+        warnings = []
+        if query.unknown_params:
+            names = ", ".join(sorted(query.unknown_params))
+            if strict:
+                raise invalid(
+                    f"Unknown search parameter(s) for {resource_type}: {names}.",
+                    expression=list(query.unknown_params),
+                )
+            warnings.append(
+                Issue(
+                    code="not-supported",
+                    severity="warning",
+                    diagnostics=f"Ignored unknown search parameter(s): {names}.",
+                )
+            )
+        canonical = urlencode(sorted((k, v) for k, values in search_params.items() for v in values))
+        scope = f"search|{resource_type}|{canonical}"
+        state = self._state(tenant, scope, params)
+        self_url = f"{base}/{resource_type}"
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        kept = {k: v for k, v in search_params.items() if k not in query.unknown_params}
+        links = [{"relation": "self", "url": self_url + _query_suffix(kept)}]
+        if query.summary == "count":
+            bundle["total"] = self.count(tenant, query)
+            bundle["link"] = links
+            return bundle
+        result = self._execute(tenant, query, state)
+        if result.next_state is not None:
+            token = self.cursors.encode(tenant=tenant, scope=scope, state=result.next_state)
+            links.append({"relation": "next", "url": self_url + _query_suffix({**kept, "_cursor": [token]})})
+        if result.total is not None:
+            bundle["total"] = result.total
+        elif query.total == "accurate":
+            bundle["total"] = self.count(tenant, query)
+        bundle["link"] = links
+        entries = [_entry(base, stored, "match", query) for stored in result.resources]
+        entries += [
+            _entry(base, stored, "include", query)
+            for stored in self._includes(tenant, query, result.resources)
+        ]
+        if warnings:
+            entries.append(
+                {
+                    "resource": {
+                        "resourceType": "OperationOutcome",
+                        "issue": [w.to_fhir() for w in warnings],
+                    },
+                    "search": {"mode": "outcome"},
+                }
+            )
+        if entries:
+            bundle["entry"] = entries
+        return bundle
+
+    def find(
+        self, tenant: str, resource_type: str, query_string: str, *, limit: int, header: str
+    ) -> list[StoredResource]:
+        """Resources matching a condition (If-None-Exist, conditional update/delete/reference)."""
+        from urllib.parse import parse_qs
+
+        params = parse_qs(query_string.lstrip("?"), keep_blank_values=True)
+        try:
+            query = parse_query(resource_type, params)
+        except OperationOutcomeError as error:
+            raise invalid(
+                f"The {header} condition is not a valid search: {error.issues[0].diagnostics}",
+                expression=[header],
+            ) from error
+        if query.unknown_params or not query.clauses:
+            raise invalid(
+                f"The {header} condition needs known search parameters of {resource_type}.",
+                expression=[header],
+            )
+        query = replace(query, count=limit, sort=())
+        return self._execute(tenant, query, None).resources
+
+    def find_for_condition(
+        self, tenant: str, resource_type: str, query_string: str, *, header: str
+    ) -> StoredResource | None:
+        found = self.find(tenant, resource_type, query_string, limit=2, header=header)
+        if len(found) > 1:
+            raise precondition_failed(f"The {header} condition matches more than one {resource_type}.")
+        return found[0] if found else None
+
+    def count(self, tenant: str, query: SearchQuery) -> int:
+        return len(self._collect(tenant, query))
+
+    def everything(
+        self, tenant: str, patient_id: str, params: Mapping[str, Sequence[str]], *, base: str
+    ) -> dict[str, Any]:
+        patient = self.store.current(tenant, "Patient", patient_id)
+        if patient is None or patient.deleted:
+            raise OperationOutcomeError(
+                status=404,
+                issues=(Issue(code="not-found", diagnostics=f"Patient/{patient_id} is not known."),),
+            )
+        count = EVERYTHING_DEFAULT_COUNT
+        if params.get("_count"):
+            text = params["_count"][-1]
+            if not text.isdigit() or not 0 < int(text) <= EVERYTHING_MAX_COUNT:
+                raise invalid(
+                    f"_count must be a whole number from 1 to {EVERYTHING_MAX_COUNT}.", expression=["_count"]
+                )
+            count = int(text)
+        scope = f"everything|{patient_id}|{count}"
+        state = self._state(tenant, scope, params)
+        page = self.store.compartment(
+            tenant, patient_id, limit=count, cursor=state.get("c") if state else None
+        )
+        found = self.store.current_many(tenant, list(page.items))
+        resources = [
+            found[ref]
+            for ref in page.items
+            if ref in found and not found[ref].deleted and ref != ("Patient", patient_id)
+        ]
+        if state is None:
+            resources.insert(0, patient)
+        # Resources the page refers to outside the compartment (organizations, practitioners,
+        # medications, locations…) come along, as $everything promises.
+        in_page = {(s.resource_type, s.id) for s in resources}
+        referenced = [ref for s in resources for ref in _all_references(s) if ref not in in_page]
+        outside = self.store.current_many(tenant, list(dict.fromkeys(referenced)))
+        resources += [s for s in outside.values() if not s.deleted and not s.compartments]
+        self_url = f"{base}/Patient/{patient_id}/$everything"
+        links = [{"relation": "self", "url": self_url + (f"?_count={count}" if params.get("_count") else "")}]
+        if page.cursor:
+            next_token = self.cursors.encode(tenant=tenant, scope=scope, state={"c": page.cursor})
+            links.append(
+                {
+                    "relation": "next",
+                    "url": f"{self_url}?{urlencode({'_count': count, '_cursor': next_token})}",
+                }
+            )
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+        if resources:
+            bundle["entry"] = [
+                {
+                    "fullUrl": f"{base}/{s.resource_type}/{s.id}",
+                    "resource": s.body,
+                    "search": {"mode": "match"},
+                }
+                for s in resources
+            ]
+        return bundle
+
+    def _state(self, tenant: str, scope: str, params: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
+        tokens = params.get("_cursor") or []
+        return self.cursors.decode(tokens[-1], tenant=tenant, scope=scope) if tokens else None
+
+    @staticmethod
+    def normalize_instant(text: str, *, expression: str) -> str:
+        try:
+            low, _ = date_range(text)
+        except (ValueError, TypeError) as exc:
+            raise invalid(f"{text[:40]!r} is not a FHIR date or instant.", expression=[expression]) from exc
+        return _instant(low)
+
+    # -- execution -----------------------------------------------------------------------------
+
+    def _prepare(self, tenant: str, query: SearchQuery) -> SearchQuery | None:
+        """Chains resolved to reference clauses; None when a chain finds nothing (no results)."""
+        clauses = []
+        for clause in query.clauses:
+            if clause.chain is None:
+                clauses.append(clause)
+                continue
+            references: list[str] = []
+            for target in clause.chain.target_types:
+                inner = SearchQuery(resource_type=target, clauses=(clause.chain.clause,))
+                references += [f"{target}/{s.id}" for s in self._collect(tenant, inner)]
+            if not references:
+                return None
+            clauses.append(resolve_chain(clause, references))
+        return replace(query, clauses=tuple(clauses))
+
+    def _driver(self, query: SearchQuery) -> tuple[SearchClause | None, list[PlanRange]]:
+        best: tuple[int, SearchClause, list[PlanRange]] | None = None
+        for clause in query.clauses:
+            ranges = key_ranges(clause)
+            if ranges is None:
+                continue
+            # Fewer ranges first; equality ranges (no sort bounds) before open ranges.
+            cost = len(ranges) * 10 + sum(
+                1 for r in ranges if r.sort_low is not None or r.sort_high is not None
+            )
+            cost += 0 if all(r.key for r in ranges) else 5
+            if best is None or cost < best[0]:
+                best = (cost, clause, ranges)
+        if best is None:
+            return None, [PlanRange(param="_lastUpdated", key="")]
+        return best[1], best[2]
+
+    def _execute(self, tenant: str, query: SearchQuery, state: Mapping[str, Any] | None) -> _Result:
+        prepared = self._prepare(tenant, query)
+        if prepared is None:
+            return _Result([], None, 0)
+        _, ranges = self._driver(prepared)
+        sort = prepared.sort
+        streaming = len(ranges) == 1 and (
+            not sort or (len(sort) == 1 and sort[0].param.code == ranges[0].param)
+        )
+        if streaming and (state is None or "after" in state or "c" in state):
+            descending = bool(sort and sort[0].descending)
+            return self._stream(tenant, prepared, ranges[0], descending, state)
+        matches_all = self._collect(tenant, prepared)
+        ordered = _sorted(matches_all, prepared)
+        offset = int((state or {}).get("offset", 0))
+        page = ordered[offset : offset + prepared.count]
+        following = offset + prepared.count
+        next_state = {"offset": following} if following < len(ordered) else None
+        return _Result(page, next_state, len(ordered))
+
+    def _stream(
+        self,
+        tenant: str,
+        query: SearchQuery,
+        plan: PlanRange,
+        descending: bool,
+        state: Mapping[str, Any] | None,
+    ) -> _Result:
+        if query.count == 0:
+            return _Result([], None, None)
+        key_range = _store_range(plan)
+        after = IndexHit(*state["after"]) if state and state.get("after") else None
+        cursor = state.get("c") if state else None
+        found: list[StoredResource] = []
+        last: IndexHit | None = None
+        exhausted = False
+        batch = max(query.count, 10)
+        while len(found) < query.count:
+            page = self.store.query_index(
+                tenant,
+                query.resource_type,
+                key_range,
+                limit=batch,
+                descending=descending,
+                cursor=cursor if after is None else None,
+                after=after,
+            )
+            current = self.store.current_many(tenant, [(query.resource_type, h.id) for h in page.items])
+            for hit in page.items:
+                stored = current.get((query.resource_type, hit.id))
+                last = hit
+                if stored is None or stored.deleted or not _first_in_range(stored, plan, hit, descending):
+                    continue
+                if all(matches(c, _terms(stored)) for c in query.clauses):
+                    found.append(stored)
+                    if len(found) == query.count:
+                        break
+            if len(found) == query.count:
+                break
+            if page.cursor is None:
+                exhausted = True
+                break
+            if page.items:
+                after, cursor = page.items[-1], None
+            else:
+                after, cursor = None, page.cursor
+        next_state: dict[str, Any] | None = None
+        if not exhausted and last is not None:
+            next_state = {"after": [last.id, last.sort, last.high]}
+        elif not exhausted and cursor is not None:
+            next_state = {"c": cursor}
+        return _Result(found, next_state, None)
+
+    def _collect(self, tenant: str, query: SearchQuery) -> list[StoredResource]:
+        prepared = self._prepare(tenant, query)
+        if prepared is None:
+            return []
+        _, ranges = self._driver(prepared)
+        ids: dict[str, None] = {}
+        for plan in ranges:
+            cursor: dict[str, Any] | None = None
+            while True:
+                page = self.store.query_index(
+                    tenant,
+                    prepared.resource_type,
+                    _store_range(plan),
+                    limit=1000,
+                    descending=False,
+                    cursor=cursor,
+                )
+                for hit in page.items:
+                    ids.setdefault(hit.id)
+                if len(ids) > self.max_collect:
+                    raise OperationOutcomeError(
+                        status=422,
+                        issues=(
+                            Issue(
+                                code="too-costly",
+                                diagnostics=f"The search matches more than {self.max_collect} candidates; "
+                                "add criteria or remove _sort/_total.",
+                            ),
+                        ),
+                    )
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+        found: list[StoredResource] = []
+        id_list = list(ids)
+        for start in range(0, len(id_list), 100):
+            chunk = [(prepared.resource_type, i) for i in id_list[start : start + 100]]
+            current = self.store.current_many(tenant, chunk)
+            for ref in chunk:
+                stored = current.get(ref)
+                if (
+                    stored is not None
+                    and not stored.deleted
+                    and all(matches(c, _terms(stored)) for c in prepared.clauses)
+                ):
+                    found.append(stored)
+        return found
+
+    # -- includes ------------------------------------------------------------------------------
+
+    def _includes(
+        self, tenant: str, query: SearchQuery, results: Sequence[StoredResource]
+    ) -> list[StoredResource]:
+        if not results or not (query.includes or query.revincludes):
+            return []
+        seen = {(s.resource_type, s.id) for s in results}
+        included: list[StoredResource] = []
+        frontier = list(results)
+        first = True
+        while frontier and len(included) < MAX_INCLUDES:
+            added: list[StoredResource] = []
+            wanted: list[tuple[str, str]] = []
+            for include in query.includes:
+                if not first and not include.iterate:
+                    continue
+                for stored in frontier:
+                    wanted += _references(stored, include)
+            for ref in dict.fromkeys(wanted):
+                if ref in seen:
+                    continue
+                seen.add(ref)
+            fetched = self.store.current_many(tenant, [r for r in dict.fromkeys(wanted)])
+            for ref, stored in fetched.items():
+                if (
+                    not stored.deleted
+                    and stored not in included
+                    and ref not in {(s.resource_type, s.id) for s in results}
+                ):
+                    added.append(stored)
+            for include in query.revincludes:
+                if not first and not include.iterate:
+                    continue
+                added += self._revinclude(tenant, include, frontier, seen)
+            unique = {(s.resource_type, s.id): s for s in added}
+            included += list(unique.values())
+            frontier = list(unique.values())
+            first = False
+        return included[:MAX_INCLUDES]
+
+    def _revinclude(
+        self, tenant: str, include: Include, targets: Iterable[StoredResource], seen: set[tuple[str, str]]
+    ) -> list[StoredResource]:
+        params = (
+            [include.param]
+            if include.param
+            else [
+                p.code
+                for p in definitions.supported_parameters(include.source_type).values()
+                if p.type == "reference"
+            ]
+        )
+        refs: list[tuple[str, str]] = []
+        for target in targets:
+            for param in params:
+                page = self.store.query_index(
+                    tenant,
+                    include.source_type,
+                    KeyRange(param=param, key=f"{target.resource_type}/{target.id}"),
+                    limit=MAX_INCLUDES,
+                    descending=False,
+                    cursor=None,
+                )
+                for hit in page.items:
+                    ref = (include.source_type, hit.id)
+                    if ref not in seen:
+                        seen.add(ref)
+                        refs.append(ref)
+        found = self.store.current_many(tenant, refs)
+        return [found[r] for r in refs if r in found and not found[r].deleted]
+
+
+def _references(stored: StoredResource, include: Include) -> list[tuple[str, str]]:
+    if include.source_type != stored.resource_type:
+        return []
+    refs = []
+    reference_params = {
+        p.code
+        for p in definitions.supported_parameters(stored.resource_type).values()
+        if p.type == "reference"
+    }
+    for entry in stored.index:
+        if entry.param not in reference_params or (include.param and entry.param != include.param):
+            continue
+        resource_type, _, resource_id = entry.key.partition("/")
+        if not resource_id or "/" in resource_id or not resource_type[:1].isupper():
+            continue
+        if include.target_type and include.target_type != resource_type:
+            continue
+        refs.append((resource_type, resource_id))
+    return refs
+
+
+def _all_references(stored: StoredResource) -> list[tuple[str, str]]:
+    refs = []
+    for entry in stored.index:
+        resource_type, _, resource_id = entry.key.partition("/")
+        if resource_id and "/" not in resource_id and resource_type[:1].isupper() and resource_type.isalpha():
+            refs.append((resource_type, resource_id))
+    return refs
+
+
+def _first_in_range(stored: StoredResource, plan: PlanRange, hit: IndexHit, descending: bool) -> bool:
+    """Whether ``hit`` is the resource's first term in the range: it is emitted there only, so a
+    resource with several values in one range appears once across all pages."""
+    sorts = [keys.bounded_sort(t.sort) for t in _terms(stored) if plan.contains(t)]
+    if not sorts:
+        return True
+    return hit.sort == (max(sorts) if descending else min(sorts))
+
+
+def _sort_value(stored: StoredResource, code: str, descending: bool) -> str | None:
+    if code == "_id":
+        return stored.id
+    if code == "_lastUpdated":
+        return stored.last_updated
+    entries = [e for e in stored.index if e.param == code and not e.key.startswith(END_PREFIX)]
+    values = [e.sort for e in entries if e.sort] or [e.key for e in entries if e.key]  # tokens sort by code
+    if not values:
+        return None
+    return max(values) if descending else min(values)
+
+
+def _sorted(resources: list[StoredResource], query: SearchQuery) -> list[StoredResource]:
+    ordered = list(resources)
+    if not query.sort:
+        ordered.sort(key=lambda s: s.last_updated, reverse=True)
+        return ordered
+    for key in reversed(query.sort):
+        present = [s for s in ordered if _sort_value(s, key.param.code, key.descending) is not None]
+        absent = [s for s in ordered if _sort_value(s, key.param.code, key.descending) is None]
+        present.sort(
+            key=lambda s: _sort_value(s, key.param.code, key.descending) or "", reverse=key.descending
+        )
+        ordered = present + absent
+    return ordered
+
+
+def _entry(base: str, stored: StoredResource, mode: str, query: SearchQuery) -> dict[str, Any]:
+    body = stored.body or {}
+    if query.elements and mode == "match":
+        keep = set(query.elements) | {"resourceType", "id", "meta"}
+        body = {k: v for k, v in body.items() if k in keep}
+        meta = dict(body.get("meta") or {})
+        meta["tag"] = [
+            *meta.get("tag", []),
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"},
+        ]
+        body["meta"] = meta
+    elif query.summary == "data":
+        body = {k: v for k, v in body.items() if k != "text"}
+    return {
+        "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
+        "resource": body,
+        "search": {"mode": mode},
+    }
+
+
+def _query_suffix(params: Mapping[str, Sequence[str]]) -> str:
+    pairs = [(k, v) for k, values in params.items() for v in values]
+    return ("?" + urlencode(pairs)) if pairs else ""
+
+
+def _instant(encoded: str) -> str:
+    return encoded

@@ -1,0 +1,273 @@
+"""FHIR interactions on the record store: create, read, vread, update, patch, delete, history.
+
+Transport-free: the HTTP layer turns requests into these calls and their results into
+responses. Search lives in ``ehr.fhir.searching``, batch/transaction in ``ehr.fhir.bundles``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import jsonpatch
+
+from ehr.fhir.outcome import (
+    OperationOutcomeError,
+    conflict,
+    gone,
+    invalid,
+    not_found,
+    precondition_failed,
+)
+from ehr.fhir.search.extract import compartment_patients, index_terms
+from ehr.fhir.validation import known_resource_types, validate_resource
+from ehr.store.dynamo import now_instant
+from ehr.store.ports import ConflictError, IndexEntry, RecordStore, StoredResource, TooLargeError, Write
+
+HISTORY_DEFAULT_COUNT: Final = 50
+HISTORY_MAX_COUNT: Final = 1000
+
+Outcome = Literal["created", "updated", "unchanged", "deleted"]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    outcome: Outcome
+    stored: StoredResource | None
+
+    @property
+    def status(self) -> int:
+        return {"created": 201, "updated": 200, "unchanged": 200, "deleted": 204}[self.outcome]
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in known_resource_types():
+        raise not_found(f"Unknown resource type {resource_type[:64]!r}.")
+
+
+def parse_version(value: str, *, expression: str = "vid") -> int:
+    text = value.strip()
+    if text.startswith('W/"') and text.endswith('"'):
+        text = text[3:-1]
+    elif text.startswith('"') and text.endswith('"'):
+        text = text[1:-1]
+    if not text.isdigit() or len(text) > 12:
+        raise invalid(f"{value[:40]!r} is not a version id.", expression=[expression])
+    return int(text)
+
+
+class FhirService:
+    """One tenant-agnostic service; every call names the tenant its caller was authorised for."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        *,
+        clock: Callable[[], str] = now_instant,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.new_id = new_id
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read(self, tenant: str, resource_type: str, resource_id: str) -> StoredResource:
+        check_type(resource_type)
+        stored = self.store.current(tenant, resource_type, resource_id)
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known.")
+        if stored.deleted:
+            raise gone(f"{resource_type}/{resource_id} was deleted.")
+        return stored
+
+    def vread(self, tenant: str, resource_type: str, resource_id: str, version_id: str) -> StoredResource:
+        check_type(resource_type)
+        version = parse_version(version_id)
+        stored = self.store.version(tenant, resource_type, resource_id, version)
+        if stored is None:
+            raise not_found(f"{resource_type}/{resource_id} has no version {version}.")
+        if stored.deleted:
+            raise gone(f"Version {version} of {resource_type}/{resource_id} is a deletion.")
+        return stored
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        tenant: str,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any] | None,
+        previous: StoredResource | None,
+        *,
+        delete: bool = False,
+        last_updated: str | None = None,
+    ) -> Write:
+        """A Write with server-set id and meta, and the index entries and compartments it owns."""
+        version = (previous.version + 1) if previous else 1
+        now = last_updated or self.clock()
+        if delete or resource is None:
+            return Write(
+                resource_type, resource_id, version, "delete", now, None, frozenset(), frozenset(), previous
+            )
+        body = dict(resource)
+        body["id"] = resource_id
+        meta = dict(body.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = now
+        body["meta"] = meta
+        entries = frozenset(IndexEntry(t.param, t.key, t.sort, t.high, t.text) for t in index_terms(body))
+        compartments = frozenset(compartment_patients(body))
+        operation: Literal["create", "update"] = (
+            "update" if previous is not None and not previous.deleted else "create"
+        )
+        return Write(
+            resource_type, resource_id, version, operation, now, body, entries, compartments, previous
+        )
+
+    def commit(self, tenant: str, writes: Sequence[Write], *, precondition: bool = False) -> None:
+        try:
+            self.store.commit(tenant, writes)
+        except ConflictError as error:
+            message = f"{error.reference} {error.reason}; read it again and retry."
+            raise (precondition_failed(message) if precondition else conflict(message)) from error
+        except TooLargeError as error:
+            raise OperationOutcomeError(
+                status=413, issues=invalid(str(error), code="too-long").issues
+            ) from error
+
+    def create(self, tenant: str, resource_type: str, resource: dict[str, Any]) -> WriteResult:
+        check_type(resource_type)
+        validate_resource(resource, expected_type=resource_type)
+        write = self.prepare(tenant, resource_type, self.new_id(), resource, None)
+        self.commit(tenant, [write])
+        return WriteResult("created", _stored(write))
+
+    def update(
+        self,
+        tenant: str,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: str | None = None,
+    ) -> WriteResult:
+        check_type(resource_type)
+        validate_resource(resource, expected_type=resource_type, expected_id=resource_id, require_id=True)
+        current = self.store.current(tenant, resource_type, resource_id)
+        self._check_if_match(current, if_match, resource_type, resource_id)
+        write = self.prepare(tenant, resource_type, resource_id, resource, current)
+        self.commit(tenant, [write], precondition=if_match is not None)
+        created = current is None or current.deleted
+        return WriteResult("created" if created else "updated", _stored(write))
+
+    def patch(
+        self,
+        tenant: str,
+        resource_type: str,
+        resource_id: str,
+        operations: Any,
+        *,
+        if_match: str | None = None,
+    ) -> WriteResult:
+        current = self.read(tenant, resource_type, resource_id)
+        self._check_if_match(current, if_match, resource_type, resource_id)
+        if not isinstance(operations, list):
+            raise invalid("A JSON Patch document is an array of operations.")
+        try:
+            patched = jsonpatch.apply_patch(copy.deepcopy(current.body), operations)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+            raise OperationOutcomeError(
+                status=422, issues=invalid(f"The patch cannot be applied: {exc}", code="processing").issues
+            ) from exc
+        if (
+            not isinstance(patched, dict)
+            or patched.get("id") != resource_id
+            or patched.get("resourceType") != resource_type
+        ):
+            raise OperationOutcomeError(
+                status=422,
+                issues=invalid("A patch may not change the resource's type or id.", code="processing").issues,
+            )
+        validate_resource(patched, expected_type=resource_type, expected_id=resource_id, require_id=True)
+        write = self.prepare(tenant, resource_type, resource_id, patched, current)
+        self.commit(tenant, [write], precondition=if_match is not None)
+        return WriteResult("updated", _stored(write))
+
+    def delete(self, tenant: str, resource_type: str, resource_id: str) -> WriteResult:
+        check_type(resource_type)
+        current = self.store.current(tenant, resource_type, resource_id)
+        if current is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known.")
+        if current.deleted:
+            return WriteResult("deleted", None)  # deleting twice changes nothing
+        write = self.prepare(tenant, resource_type, resource_id, None, current, delete=True)
+        self.commit(tenant, [write])
+        return WriteResult("deleted", None)
+
+    @staticmethod
+    def _check_if_match(
+        current: StoredResource | None, if_match: str | None, resource_type: str, resource_id: str
+    ) -> None:
+        if if_match is None:
+            return
+        wanted = parse_version(if_match, expression="If-Match")
+        if current is None or current.deleted or current.version != wanted:
+            have = (
+                "no current version" if current is None or current.deleted else f"version {current.version}"
+            )
+            raise precondition_failed(
+                f"If-Match asked for version {wanted} of {resource_type}/{resource_id}, which has {have}."
+            )
+
+    # -- history -------------------------------------------------------------------------------
+
+    def history(
+        self,
+        tenant: str,
+        resource_type: str,
+        resource_id: str | None,
+        *,
+        since: str | None,
+        count: int,
+        cursor: Mapping[str, Any] | None,
+    ) -> tuple[list[StoredResource], dict[str, Any] | None]:
+        check_type(resource_type)
+        if resource_id is not None:
+            page = self.store.history(
+                tenant,
+                resource_type,
+                resource_id,
+                since=since,
+                limit=count,
+                cursor=dict(cursor) if cursor else None,
+            )
+            if (
+                not page.items
+                and cursor is None
+                and self.store.current(tenant, resource_type, resource_id) is None
+            ):
+                raise not_found(f"{resource_type}/{resource_id} is not known.")
+        else:
+            page = self.store.type_history(
+                tenant, resource_type, since=since, limit=count, cursor=dict(cursor) if cursor else None
+            )
+        return list(page.items), page.cursor
+
+
+def _stored(write: Write) -> StoredResource:
+    return StoredResource(
+        resource_type=write.resource_type,
+        id=write.id,
+        version=write.version,
+        last_updated=write.last_updated,
+        deleted=write.deleted,
+        body=write.body,
+        operation=write.operation,
+        index=write.index,
+        compartments=write.compartments,
+    )
