@@ -90,7 +90,7 @@ class EhrStack(Stack):
             access_log_group=self.api.access_log_group,
             functions=self.compute.functions,
             state_machines={"LabOrder": self.workflows.lab_order},
-            dead_letter_queues=self.events.dead_letter_queues,
+            dead_letter_queues={**self.events.dead_letter_queues, **self.audit.dead_letter_queues},
         )
 
         CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the API stage.")

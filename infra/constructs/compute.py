@@ -14,7 +14,13 @@ from constructs import Construct
 from pydantic_settings import BaseSettings
 
 from ehr import names
-from ehr.settings import AuthorizerSettings, DiscoverySettings, FhirApiSettings, environment_for
+from ehr.settings import (
+    AuditArchiverSettings,
+    AuthorizerSettings,
+    DiscoverySettings,
+    FhirApiSettings,
+    environment_for,
+)
 from infra.bundling import function_code, layer_code
 from infra.config import RETENTION_DAYS, EnvironmentConfig
 from infra.constructs.audit import AuditTrail
@@ -31,12 +37,15 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_FHIR_API: FhirApiSettings,
     names.FN_DISCOVERY: DiscoverySettings,
     names.FN_AUTHORIZER: AuthorizerSettings,
+    names.FN_AUDIT_ARCHIVER: AuditArchiverSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
 INVOKED_BY: Final[dict[str, str]] = {
     names.FN_FHIR_API: "API Gateway's Lambda proxy integration of the FHIR routes",
     names.FN_DISCOVERY: "API Gateway's Lambda proxy integration of the public discovery routes",
     names.FN_AUTHORIZER: "API Gateway's TOKEN authorizer before each authenticated request",
+    names.FN_AUDIT_ARCHIVER: "the Lambda event source mapping of the audit table's DynamoDB stream "
+    "(failed batches go to its on-failure SQS queue)",
 }
 
 # What each function talks to over the network, for the reason of the VPC acknowledgement.
@@ -44,6 +53,7 @@ REACHES: Final[dict[str, str]] = {
     names.FN_FHIR_API: "DynamoDB (and KMS through it) and X-Ray, over TLS with IAM",
     names.FN_DISCOVERY: "X-Ray only, over TLS with IAM",
     names.FN_AUTHORIZER: "X-Ray over TLS with IAM, and the token issuer's public JWKS over HTTPS",
+    names.FN_AUDIT_ARCHIVER: "S3 (the audit archive bucket, and KMS through it) and X-Ray, over TLS with IAM",
 }
 
 POWERTOOLS_ENVIRONMENT: Final = {
@@ -66,7 +76,8 @@ class Compute(Construct):
     ``roles``, ``policies`` (each role's single customer-managed policy) and ``log_groups``.
 
     Grants follow the settings model: a function whose settings name ``records_table`` may read
-    and write records, one whose settings name ``audit_table`` may append audit events; the
+    and write records, one whose settings name ``audit_table`` may append and read audit events,
+    one whose settings name ``archive_bucket`` consumes the audit stream into the archive; the
     others touch no data.
     """
 
@@ -102,6 +113,7 @@ class Compute(Construct):
             **identity.settings(),
             "records_table": records.records_table.table_name,
             "audit_table": audit.audit_table.table_name,
+            "archive_bucket": audit.archive_bucket.bucket_name,
             "cursor_secret_name": records.cursor_secret.secret_name,
         }
 
@@ -154,6 +166,7 @@ class Compute(Construct):
                 records.grant_read_write(policy)
             if "audit_table" in model.model_fields:
                 audit.grant_append(policy)
+                audit.grant_read(policy)
             if "cursor_secret_name" in model.model_fields:
                 records.grant_cursor_secret(policy)
 
@@ -177,6 +190,8 @@ class Compute(Construct):
                 environment={**environment_for(model, **values), **POWERTOOLS_ENVIRONMENT},
             )
             function.node.add_dependency(policy)
+            if "archive_bucket" in model.model_fields:
+                audit.attach_archiver(function, policy)
             self._acknowledge(function, fn, config)
 
             self.functions[fn] = function

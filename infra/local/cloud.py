@@ -19,6 +19,7 @@ import boto3
 from moto import mock_aws
 
 from ehr import names
+from ehr.audit_archive import ARCHIVE_LOCK_MODE, ARCHIVE_RETENTION_DAYS
 from ehr.events import schema as events
 from ehr.store import schema as store
 
@@ -26,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MOTO_CONFIG: dict[str, Any] = {
     "stepfunctions": {"execute_state_machine": True},
     "lambda": {"use_docker": False},
+    # Services of this machine's own (DynamoDB Local, a moto server) are reached for real.
+    "core": {"passthrough": {"urls": [r"https?://(127\.0\.0\.1|localhost)(:\d+)?(/.*)?$"]}},
 }
 _SUBSTITUTION = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
@@ -53,6 +56,7 @@ class LocalResources:
     dead_letter_queue_url: str
     lab_order_state_machine_arn: str
     cursor_secret_name: str
+    archive_bucket: str
 
 
 class LocalCloud:
@@ -138,6 +142,31 @@ class LocalCloud:
             },
         )
 
+        # The audit archive: Object Lock (which turns versioning on) with the stack's default retention.
+        archive_bucket = f"{self.prefix}-audit-archive"
+        s3.create_bucket(Bucket=archive_bucket, ObjectLockEnabledForBucket=True)
+        s3.put_object_lock_configuration(
+            Bucket=archive_bucket,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": ARCHIVE_LOCK_MODE, "Days": ARCHIVE_RETENTION_DAYS}},
+            },
+        )
+        s3.put_bucket_encryption(
+            Bucket=archive_bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": key_arn,
+                        },
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+        )
+
         sqs = self.client("sqs")
         dlq_url = sqs.create_queue(QueueName=f"{self.prefix}-events-dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
@@ -204,4 +233,5 @@ class LocalCloud:
             dead_letter_queue_url=dlq_url,
             lab_order_state_machine_arn=state_machine_arn,
             cursor_secret_name=cursor_secret,
+            archive_bucket=archive_bucket,
         )

@@ -15,7 +15,8 @@ METRICS_NAMESPACE: Final = "ServerlessEhr"
 FN_FHIR_API: Final = "fhir_api"
 FN_DISCOVERY: Final = "discovery"
 FN_AUTHORIZER: Final = "authorizer"
-FUNCTIONS: Final = (FN_FHIR_API, FN_DISCOVERY, FN_AUTHORIZER)
+FN_AUDIT_ARCHIVER: Final = "audit_archiver"
+FUNCTIONS: Final = (FN_FHIR_API, FN_DISCOVERY, FN_AUTHORIZER, FN_AUDIT_ARCHIVER)
 HANDLER_ATTRIBUTE: Final = "lambda_handler"
 
 

@@ -33,6 +33,9 @@ class AuthSettings(BaseSettings):
     )
     tenant_claim: str = Field(default=names.DEFAULT_TENANT_CLAIM, description="Claim naming the tenant.")
     token_endpoint: str | None = Field(default=None, description="Issuer's OAuth 2.0 token endpoint.")
+    token_endpoint_auth_methods: str | None = Field(
+        default=None, description="Space-separated client authentication methods the token endpoint accepts."
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Self:
@@ -76,6 +79,15 @@ class DiscoverySettings(AuthSettings):
 
 class AuthorizerSettings(AuthSettings):
     """Settings of the API Gateway token authorizer."""
+
+
+class AuditArchiverSettings(BaseSettings):
+    """Settings of the function that copies the audit table's stream into the Object Lock archive."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    archive_bucket: str = Field(description="S3 bucket (Object Lock, COMPLIANCE) of archived AuditEvents.")
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -63,6 +63,7 @@ AUDIT_TABLE: Final = TableDefinition(
     logical_id="AuditTable",
     partition_key="pk",
     sort_key="sk",
+    stream="NEW_IMAGE",  # copied into the Object Lock archive (ehr.audit_archive)
 )
 
 TABLES: Final = (RECORDS_TABLE, AUDIT_TABLE)
