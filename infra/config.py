@@ -81,6 +81,11 @@ class AuthConfig(_Model):
     token_endpoint: str | None = Field(
         default=None, description="oidc: the issuer's OAuth 2.0 token endpoint."
     )
+    token_endpoint_auth_methods: str | None = Field(
+        default=None,
+        description="oidc: space-separated client authentication methods of the token endpoint "
+        "(e.g. 'private_key_jwt'), listed in the SMART configuration.",
+    )
     tenant_claim: str = Field(default=names.DEFAULT_TENANT_CLAIM, min_length=1)
     cognito_domain_prefix: str | None = Field(
         default=None,

@@ -46,6 +46,7 @@ class Identity(Construct):
             self.audience: str = auth.audience or names.DEFAULT_AUDIENCE
             self.jwks_url: str = auth.jwks_url
             self.token_endpoint: str | None = auth.token_endpoint
+            self.token_endpoint_auth_methods: str | None = auth.token_endpoint_auth_methods
             return
 
         stack = Stack.of(self)
@@ -110,6 +111,8 @@ class Identity(Construct):
         self.issuer = f"https://cognito-idp.{stack.region}.{stack.url_suffix}/{self.user_pool.user_pool_id}"
         self.jwks_url = f"{self.issuer}/.well-known/jwks.json"
         self.token_endpoint = f"{self.domain.base_url()}/oauth2/token"
+        # Cognito app clients with a secret authenticate at the token endpoint with it.
+        self.token_endpoint_auth_methods = "client_secret_basic client_secret_post"  # noqa: S105 - method names
         # Cognito access tokens carry the app client in `client_id` and have no `aud` claim.
         self.audience = auth.audience or self.client.user_pool_client_id
 
@@ -121,4 +124,5 @@ class Identity(Construct):
             "jwks_url": self.jwks_url,
             "tenant_claim": self.tenant_claim,
             "token_endpoint": self.token_endpoint,
+            "token_endpoint_auth_methods": self.token_endpoint_auth_methods,
         }

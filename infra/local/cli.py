@@ -92,6 +92,8 @@ def _print_banner(base: str, seeded: list[str], issuer: DevIssuer) -> None:
             echo(f"  # {tenant} ({kinds[tenant]}), scope {scope}: FHIR base {base}/tenants/{tenant}/fhir")
             echo(f"  export {var}='{token}'")
         echo("")
+        echo(f"Backend Services (client_credentials + private_key_jwt): token endpoint {base}/auth/token")
+        echo("")
         echo("Try:")
         echo(f'  curl -H "Authorization: Bearer $EHR_TOKEN_CLINIC_A" {base}/tenants/clinic-a/fhir/metadata')
     else:
@@ -123,6 +125,27 @@ def token(tenant: str, scope: str, patient: str | None, client_id: str | None, t
     if not TENANT_ID.match(tenant):
         raise click.BadParameter("lower-case letters, digits and inner hyphens only", param_hint="--tenant")
     click.echo(DevIssuer().mint(tenant=tenant, scope=scope, patient=patient, client_id=client_id, ttl=ttl))
+
+
+@main.group()
+def client() -> None:
+    """Backend Services clients of the local issuer (labs, partner facilities)."""
+
+
+@client.command("create")
+@click.option("--client-id", required=True, help="The client's id (the iss/sub of its assertions).")
+@click.option("--tenant", required=True, help="The tenant its tokens are issued for.")
+@click.option("--scope", default="system/*.rs", show_default=True, help="The most it may ask for.")
+def client_create(client_id: str, tenant: str, scope: str) -> None:
+    """Register a client with a new ES384 key; prints where the private key was written."""
+    from infra.local.backend_services import create_client_key, register_client
+
+    try:
+        key_path, jwks = create_client_key(client_id)
+        register_client(client_id, tenant, scope, jwks)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"registered {client_id} for tenant {tenant} ({scope}); private key: {key_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

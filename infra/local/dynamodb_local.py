@@ -69,6 +69,7 @@ class DynamoDBLocal:
                 "-jar",
                 str(jar),
                 *storage,
+                "-sharedDb",  # one database whatever the credentials and region of the caller
                 "-port",
                 str(self.port),
                 "-disableTelemetry",

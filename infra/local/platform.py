@@ -8,21 +8,40 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from ehr import names
 from ehr.security.tenancy import new_tenant
-from ehr.settings import AuthorizerSettings, DiscoverySettings, FhirApiSettings, environment_for
+from ehr.settings import (
+    AuditArchiverSettings,
+    AuthorizerSettings,
+    DiscoverySettings,
+    FhirApiSettings,
+    environment_for,
+)
 from ehr.store.tenants import DynamoTenantDirectory
+from infra.local.audit_stream import StreamPoller
+from infra.local.backend_services import (
+    TokenEndpoint,
+    TokenRequestError,
+    clients_dir,
+    create_client_key,
+    register_client,
+)
 from infra.local.cloud import LocalCloud, LocalResources
-from infra.local.gateway import MAX_BODY_BYTES, LocalFunctions, LocalGateway
+from infra.local.gateway import MAX_BODY_BYTES, GatewayResult, LocalFunctions, LocalGateway
 from infra.local.issuer import DevIssuer
 
+TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
 access_log = logging.getLogger("ehr_local.access")
 log = logging.getLogger("ehr_local")
 
 
-def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[str, str]:
+def function_environment(
+    resources: LocalResources, issuer: DevIssuer, token_endpoint: str | None = None
+) -> dict[str, str]:
     """Every function's environment, built from its settings model as the CDK stack does."""
     auth: dict[str, Any] = {
         "environment": "local",
@@ -30,6 +49,8 @@ def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[s
         "audience": issuer.audience,
         "jwks_json": json.dumps(issuer.jwks()),
         "tenant_claim": names.DEFAULT_TENANT_CLAIM,
+        "token_endpoint": token_endpoint,
+        "token_endpoint_auth_methods": "private_key_jwt" if token_endpoint else None,
     }
     env = {
         **environment_for(AuthorizerSettings, **auth),
@@ -41,6 +62,9 @@ def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[s
             cursor_secret_name=resources.cursor_secret_name,
             **auth,
         ),
+        **environment_for(
+            AuditArchiverSettings, environment=auth["environment"], archive_bucket=resources.archive_bucket
+        ),
         "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -48,6 +72,21 @@ def function_environment(resources: LocalResources, issuer: DevIssuer) -> dict[s
     }
     env.setdefault("POWERTOOLS_LOG_LEVEL", os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"))
     return env
+
+
+def seed_demo_clients() -> dict[str, Path]:
+    """A Backend Services client per demo partner (acme-lab): key under $EHR_HOME, created once."""
+    keys: dict[str, Path] = {}
+    for tenant_id, kind, _ in names.DEMO_TENANTS:
+        if kind != "lab":
+            continue
+        client_id = f"{tenant_id}-system"
+        key_path = clients_dir() / "keys" / f"{client_id}.pem"
+        if not key_path.exists() or not (clients_dir() / f"{client_id}.json").exists():
+            key_path, jwks = create_client_key(client_id)
+            register_client(client_id, tenant_id, "system/*.cruds", jwks)
+        keys[client_id] = key_path
+    return keys
 
 
 def seed_demo_tenants(resources: LocalResources) -> list[str]:
@@ -62,11 +101,14 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     gateway: LocalGateway  # set on the subclass the server builds
+    token_endpoint: TokenEndpoint | None = None
 
     def _serve(self) -> None:
         started = time.perf_counter()
         length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        if self.path.partition("?")[0] == TOKEN_PATH and self.token_endpoint is not None:
+            result = self._token(self.rfile.read(min(length, 65536)) if length else b"")
+        elif length > MAX_BODY_BYTES:
             body = b""
             self.close_connection = True
             result = self.gateway.handle(
@@ -94,6 +136,23 @@ class _Handler(BaseHTTPRequestHandler):
             (time.perf_counter() - started) * 1000,
         )
 
+    def _token(self, body: bytes) -> GatewayResult:
+        """The local issuer's OAuth token endpoint (SMART Backend Services)."""
+        assert self.token_endpoint is not None
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Pragma": "no-cache"}
+        try:
+            if self.command != "POST":
+                raise TokenRequestError("invalid_request", "use POST", 405)
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type != "application/x-www-form-urlencoded":
+                raise TokenRequestError("invalid_request", "send application/x-www-form-urlencoded")
+            answer = self.token_endpoint.token(
+                parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            )
+            return GatewayResult(200, headers, json.dumps(answer).encode())
+        except TokenRequestError as error:
+            return GatewayResult(error.status, headers, json.dumps(error.body()).encode())
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
     def log_message(self, format: str, *args: Any) -> None:  # the access log above replaces it
@@ -109,15 +168,17 @@ class LocalPlatform:
         self.cloud = LocalCloud()
         self.resources: LocalResources | None = None
         self.seeded: list[str] = []
+        self.demo_clients: dict[str, Path] = {}
         self.gateway: LocalGateway | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.audit_stream: StreamPoller | None = None
         self._saved_env: dict[str, str | None] = {}
 
-    def boot(self) -> LocalGateway:
+    def boot(self, *, token_endpoint: str | None = None) -> LocalGateway:
         """Emulated AWS, function environments, handlers loaded, demo tenants seeded."""
         self.resources = self.cloud.start()
-        for key, value in function_environment(self.resources, self.issuer).items():
+        for key, value in function_environment(self.resources, self.issuer, token_endpoint).items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         functions = LocalFunctions()
@@ -125,20 +186,32 @@ class LocalPlatform:
         if self.seed:
             self.seeded = seed_demo_tenants(self.resources)
         self.gateway = LocalGateway(functions)
+        # The audit table's stream feeds the real archiver, as the event source mapping does.
+        self.audit_stream = StreamPoller(
+            self.resources.audit_table,
+            lambda event: functions.invoke(names.FN_AUDIT_ARCHIVER, event),
+            region=self.resources.region,
+        )
         return self.gateway
 
     def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
-        """Boot, then serve HTTP on a background thread; returns the base URL."""
-        gateway = self.boot()
-        handler = type("Handler", (_Handler,), {"gateway": gateway})
+        """Bind, boot (the functions learn the token endpoint's URL), then serve HTTP on a thread."""
+        handler = type("Handler", (_Handler,), {})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
+        bound_host, bound_port = self._server.server_address[:2]
+        base = f"http://{bound_host}:{bound_port}"
+        handler.token_endpoint = TokenEndpoint(self.issuer, url=base + TOKEN_PATH)
+        handler.gateway = self.boot(token_endpoint=base + TOKEN_PATH)
+        if self.seed:
+            self.demo_clients = seed_demo_clients()
         self._thread = threading.Thread(target=self._server.serve_forever, name="ehr-local-http", daemon=True)
         self._thread.start()
-        bound_host, bound_port = self._server.server_address[:2]
-        return f"http://{bound_host}:{bound_port}"
+        return base
 
     def stop(self) -> None:
+        if self.audit_stream is not None:
+            self.audit_stream.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

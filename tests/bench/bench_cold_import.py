@@ -26,7 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "layers" / "ehr")]
 
 from ehr import names  # noqa: E402
-from ehr.settings import AuthorizerSettings, DiscoverySettings, FhirApiSettings, environment_for  # noqa: E402
+from ehr.settings import (  # noqa: E402
+    AuditArchiverSettings,
+    AuthorizerSettings,
+    DiscoverySettings,
+    FhirApiSettings,
+    environment_for,
+)
 from infra.local.issuer import DevIssuer  # noqa: E402
 
 TARGET_RATIO = 3.0
@@ -45,7 +51,14 @@ def environment(issuer: DevIssuer) -> dict[str, str]:
         **os.environ,
         **environment_for(AuthorizerSettings, **auth),
         **environment_for(DiscoverySettings, **auth),
-        **environment_for(FhirApiSettings, records_table="bench-records", audit_table="bench-audit", **auth),
+        **environment_for(
+            FhirApiSettings,
+            records_table="bench-records",
+            audit_table="bench-audit",
+            cursor_secret_name="bench-cursor-key",
+            **auth,
+        ),
+        **environment_for(AuditArchiverSettings, archive_bucket="bench-archive"),
         "AWS_DEFAULT_REGION": "eu-west-1",
         "POWERTOOLS_SERVICE_NAME": "bench",
         "PYTHONDONTWRITEBYTECODE": "0",

@@ -44,11 +44,10 @@ class LocalServer:
         return result.stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    home = tmp_path_factory.mktemp("ehr-home")
+def start_local_server(home: Path, extra_env: dict[str, str] | None = None) -> LocalServer:
+    """`ehr local` on a free port with its own EHR_HOME, once its banner says Ready."""
     log_path = home / "server.log"
-    env = {**os.environ, "EHR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "EHR_HOME": str(home), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     port = free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -73,13 +72,31 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
         process.kill()
         pytest.fail("ehr local did not become ready")
     server.banner = "".join(banner)  # type: ignore[attr-defined]
-    yield server
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+    return server
+
+
+def stop_local_server(server: LocalServer) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=20)
+            server.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    server = start_local_server(tmp_path_factory.mktemp("ehr-home"))
+    yield server
+    stop_local_server(server)
+
+
+@pytest.fixture
+def own_local_server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A server of the test's own, for tests that stop it."""
+    server = start_local_server(tmp_path)
+    yield server
+    stop_local_server(server)
 
 
 @pytest.fixture

@@ -112,13 +112,12 @@ def test_the_request_log_has_one_line_per_call_without_query_strings(local_serve
     assert "Jane" not in log
 
 
-def test_ctrl_c_shuts_down_cleanly(local_server):
-    # Runs last in this module: it stops the shared server.
-    local_server.process.send_signal(signal.SIGINT)
+def test_ctrl_c_shuts_down_cleanly(own_local_server):
+    own_local_server.process.send_signal(signal.SIGINT)
     try:
-        code = local_server.process.wait(timeout=20)
+        code = own_local_server.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        local_server.process.kill()
+        own_local_server.process.kill()
         raise
     assert code == 0
-    assert "Stopped." in local_server.log_path.read_text()
+    assert "Stopped." in own_local_server.log_path.read_text()

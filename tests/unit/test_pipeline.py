@@ -14,6 +14,7 @@ from ehr.api.http import HttpRequest
 from ehr.api.routes import ROUTES
 from ehr.bootstrap import bootstrap_fhir
 from ehr.fhir.cursors import CursorCodec
+from ehr.security.audit import InMemoryAuditSink
 from ehr.security.tenancy import InMemoryTenantDirectory, new_tenant
 from ehr.settings import DiscoverySettings, FhirApiSettings
 from ehr.store.memory import InMemoryRecordStore
@@ -23,7 +24,11 @@ METADATA = "/tenants/{tenant}/fhir/metadata"
 
 
 def fakes() -> dict:
-    return {"store": InMemoryRecordStore(), "cursors": CursorCodec(b"unit-test-cursor-secret-32-bytes!!")}
+    return {
+        "store": InMemoryRecordStore(),
+        "cursors": CursorCodec(b"unit-test-cursor-secret-32-bytes!!"),
+        "audit": InMemoryAuditSink(),
+    }
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ehr.fhir.cursors import CursorCodec
     from ehr.fhir.searching import SearchEngine
     from ehr.fhir.service import FhirService
+    from ehr.security.audit import AuditSink
     from ehr.store.ports import RecordStore
 
 
@@ -43,6 +44,7 @@ class FhirServices:
     fhir: FhirService
     search: SearchEngine
     bundles: BundleProcessor
+    audit: AuditSink
 
 
 def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
@@ -65,7 +67,12 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
     if cursors is None:
         from ehr.store.secrets import secret_bytes
 
-        cursors = CursorCodec(secret_bytes(settings.cursor_secret_name))
+        cursors = CursorCodec(lambda: secret_bytes(settings.cursor_secret_name))
+    audit = overrides.get("audit")
+    if audit is None:
+        from ehr.store.audit_dynamo import DynamoAuditSink
+
+        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
     fhir = FhirService(store)
     search = SearchEngine(store, cursors)
     return FhirServices(
@@ -77,4 +84,5 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         fhir=fhir,
         search=search,
         bundles=BundleProcessor(fhir, search),
+        audit=audit,
     )

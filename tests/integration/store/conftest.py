@@ -14,6 +14,7 @@ from moto import mock_aws
 from ehr.store.dynamo import DynamoRecordStore
 from ehr.store.memory import InMemoryRecordStore
 from ehr.store.schema import RECORDS_TABLE
+from infra.local.cloud import MOTO_CONFIG
 from infra.local.dynamodb_local import DynamoDBLocal
 
 BACKENDS = ("memory", "moto", "dynamodb-local")
@@ -28,7 +29,7 @@ def dynamodb_local() -> Iterator[DynamoDBLocal]:
 @pytest.fixture
 def moto_dynamodb() -> Iterator[None]:
     # Per test: an active moto mock would also capture calls meant for DynamoDB Local.
-    with mock_aws():
+    with mock_aws(config=MOTO_CONFIG):
         yield
 
 

@@ -68,10 +68,8 @@ def services(
 
 
 def visible(search: SearchEngine, resource_type: str) -> int:
-    bundle = search.search_bundle(
-        T, resource_type, {"_summary": ["count"]}, base="http://local/fhir", strict=True
-    )
-    return int(bundle["total"])
+    page = search.search(T, resource_type, {"_summary": ["count"]}, base="http://local/fhir", strict=True)
+    return int(page.bundle["total"])
 
 
 @pytest.fixture

@@ -37,7 +37,10 @@ def build_discovery_api(
 
     def smart(ctx: RequestContext) -> HttpResponse:
         document = smart_configuration(
-            issuer=settings.issuer, jwks_uri=jwks_uri(ctx), token_endpoint=settings.token_endpoint
+            issuer=settings.issuer,
+            jwks_uri=jwks_uri(ctx),
+            token_endpoint=settings.token_endpoint,
+            token_auth_methods=settings.token_endpoint_auth_methods,
         )
         return HttpResponse.json(200, document, content_type=JSON)
 

@@ -14,6 +14,7 @@ from ehr import names
 from ehr.api.app import Api, RequestContext
 from ehr.api.http import HttpRequest, HttpResponse
 from ehr.bootstrap import FhirServices
+from ehr.fhir import jsonio
 from ehr.fhir.capability import capability_statement
 from ehr.fhir.outcome import (
     Issue,
@@ -25,6 +26,7 @@ from ehr.fhir.outcome import (
 )
 from ehr.fhir.service import HISTORY_DEFAULT_COUNT, HISTORY_MAX_COUNT, WriteResult, check_type
 from ehr.fhir.validation import parse_json
+from ehr.security.scopes import AccessPolicy, require
 from ehr.store.ports import StoredResource
 
 MAX_BODY_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous payload limit
@@ -51,10 +53,10 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
         tenants=services.tenants,
         logger=logger,
         observe=observe,
+        audit=services.audit,
     )
     fhir = services.fhir
     search = services.search
-    bundles = services.bundles
 
     @api.operation("getCapabilityStatement")
     def get_capability_statement(ctx: RequestContext) -> HttpResponse:
@@ -67,43 +69,62 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
 
     @api.operation("read")
     def read(ctx: RequestContext) -> HttpResponse:
-        stored = fhir.read(tenant(ctx), *type_and_id(ctx))
+        resource_type, resource_id = type_and_id(ctx)
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
+        stored = fhir.read(tenant(ctx), resource_type, resource_id, access=access(ctx))
+        ctx.audit.saw([stored])
         return resource_response(200, stored, ctx.request)
 
     @api.operation("vread")
     def vread(ctx: RequestContext) -> HttpResponse:
-        stored = fhir.vread(tenant(ctx), *type_and_id(ctx), ctx.request.path_params.get("vid", ""))
+        resource_type, resource_id = type_and_id(ctx)
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
+        stored = fhir.vread(
+            tenant(ctx),
+            resource_type,
+            resource_id,
+            ctx.request.path_params.get("vid", ""),
+            access=access(ctx),
+        )
+        ctx.audit.saw([stored])
         return resource_response(200, stored, ctx.request)
 
     @api.operation("create")
     def create(ctx: RequestContext) -> HttpResponse:
-        resource_type = path_type(ctx)
+        resource_type = writable_type(ctx)
         resource = json_body(ctx.request)
         if_none_exist = ctx.request.header("if-none-exist")
         if if_none_exist is not None:
             existing = search.find_for_condition(
-                tenant(ctx), resource_type, if_none_exist, header="If-None-Exist"
+                tenant(ctx), resource_type, if_none_exist, header="If-None-Exist", access=access(ctx)
             )
             if existing is not None:
+                ctx.audit.saw([existing])
                 return write_response(WriteResult("unchanged", existing), ctx.request)
-        return write_response(fhir.create(tenant(ctx), resource_type, resource), ctx.request)
+        result = fhir.create(tenant(ctx), resource_type, resource, access=access(ctx))
+        ctx.audit.saw([result.stored])
+        return write_response(result, ctx.request)
 
     @api.operation("update")
     def update(ctx: RequestContext) -> HttpResponse:
-        resource_type, resource_id = type_and_id(ctx)
+        resource_type, resource_id = writable_type(ctx), ctx.request.path_params.get("id", "")
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
         result = fhir.update(
             tenant(ctx),
             resource_type,
             resource_id,
             json_body(ctx.request),
             if_match=ctx.request.header("if-match"),
+            access=access(ctx),
         )
+        ctx.audit.saw([result.stored])
         return write_response(result, ctx.request)
 
     @api.operation("conditionalUpdate")
     def conditional_update(ctx: RequestContext) -> HttpResponse:
-        resource_type = path_type(ctx)
+        resource_type = writable_type(ctx)
         resource = json_body(ctx.request)
+        bundles = services.bundles.bind(access(ctx))
         result = bundles.conditional_update(
             tenant(ctx),
             resource_type,
@@ -111,6 +132,8 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
             resource,
             if_match=ctx.request.header("if-match"),
         )
+        ctx.audit.saw([result.stored])
+        ctx.audit.query = query_string(ctx.request)
         return write_response(result, ctx.request)
 
     @api.operation("patch")
@@ -120,27 +143,38 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
             raise not_supported(
                 "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json).", status=415
             )
+        resource_type, resource_id = writable_type(ctx), ctx.request.path_params.get("id", "")
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
         result = fhir.patch(
             tenant(ctx),
-            *type_and_id(ctx),
-            parse_json(body_bytes(ctx.request)),
+            resource_type,
+            resource_id,
+            json_patch(body_bytes(ctx.request)),
             if_match=ctx.request.header("if-match"),
+            access=access(ctx),
         )
+        ctx.audit.saw([result.stored])
         return write_response(result, ctx.request)
 
     @api.operation("delete")
     def delete(ctx: RequestContext) -> HttpResponse:
-        fhir.delete(tenant(ctx), *type_and_id(ctx))
+        resource_type, resource_id = writable_type(ctx), ctx.request.path_params.get("id", "")
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
+        fhir.delete(tenant(ctx), resource_type, resource_id, access=access(ctx))
         return HttpResponse(status=204)
 
     @api.operation("conditionalDelete")
     def conditional_delete(ctx: RequestContext) -> HttpResponse:
-        bundles.conditional_delete(tenant(ctx), path_type(ctx), query_string(ctx.request))
+        bundles = services.bundles.bind(access(ctx))
+        bundles.conditional_delete(tenant(ctx), writable_type(ctx), query_string(ctx.request))
+        ctx.audit.saw(bundles.touched)
+        ctx.audit.query = query_string(ctx.request)
         return HttpResponse(status=204)
 
     @api.operation("instanceHistory")
     def instance_history(ctx: RequestContext) -> HttpResponse:
         resource_type, resource_id = type_and_id(ctx)
+        ctx.audit.references.append(f"{resource_type}/{resource_id}")
         return history_response(ctx, resource_type, resource_id)
 
     @api.operation("typeHistory")
@@ -148,6 +182,8 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
         return history_response(ctx, path_type(ctx), None)
 
     def history_response(ctx: RequestContext, resource_type: str, resource_id: str | None) -> HttpResponse:
+        if resource_type == "AuditEvent":
+            raise not_supported("The audit trail is read by search: AuditEvent?patient=…&date=…")
         params = query_params(ctx.request)
         count = int_param(params, "_count", HISTORY_DEFAULT_COUNT, HISTORY_MAX_COUNT)
         since = params.get("_since", [None])[-1]
@@ -159,8 +195,15 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
             services.cursors.decode(cursor_token, tenant=tenant(ctx), scope=scope) if cursor_token else None
         )
         items, next_state = fhir.history(
-            tenant(ctx), resource_type, resource_id, since=since, count=count, cursor=cursor
+            tenant(ctx),
+            resource_type,
+            resource_id,
+            since=since,
+            count=count,
+            cursor=cursor,
+            access=access(ctx),
         )
+        ctx.audit.saw(items)
         base = fhir_base(ctx.request)
         self_url = f"{base}/{resource_type}{'/' + resource_id if resource_id else ''}/_history"
         links = [{"relation": "self", "url": self_url + keep_query(params)}]
@@ -177,31 +220,47 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
 
     @api.operation("searchType")
     def search_type(ctx: RequestContext) -> HttpResponse:
-        check_type(path_type(ctx))
         return search_response(ctx, query_params(ctx.request))
 
     @api.operation("searchTypePost")
     def search_type_post(ctx: RequestContext) -> HttpResponse:
-        check_type(path_type(ctx))
+        path_type(ctx)
         if media_type(ctx.request) != FORM_TYPE:
             raise not_supported(
                 "POST _search takes application/x-www-form-urlencoded parameters.", status=415
             )
         params = {k: list(v) for k, v in query_params(ctx.request).items()}
-        for key, values in parse_qs(
-            body_bytes(ctx.request).decode("utf-8", "replace"), keep_blank_values=True
-        ).items():
+        body = body_bytes(ctx.request).decode("utf-8", "replace")
+        for key, values in parse_qs(body, keep_blank_values=True).items():
             params.setdefault(key, []).extend(values)
         return search_response(ctx, params)
 
     def search_response(ctx: RequestContext, params: Mapping[str, list[str]]) -> HttpResponse:
-        bundle = search.search_bundle(
+        resource_type = path_type(ctx)
+        ctx.audit.query = urlencode(
+            [(k, v) for k, values in params.items() if k != "_cursor" for v in values]
+        )
+        if resource_type == "AuditEvent":
+            return audit_search(ctx, params)
+        page = search.search(
             tenant(ctx),
-            path_type(ctx),
+            resource_type,
             params,
             base=fhir_base(ctx.request),
             strict=prefer(ctx.request).get("handling") == "strict",
+            access=access(ctx),
         )
+        ctx.audit.saw(page.resources)
+        return HttpResponse.json(200, page.bundle)
+
+    def audit_search(ctx: RequestContext, params: Mapping[str, list[str]]) -> HttpResponse:
+        from ehr.fhir.auditing import audit_bundle
+
+        require(ctx.identity, "s", "AuditEvent")
+        bundle, patients = audit_bundle(
+            services.audit, services.cursors, tenant(ctx), params, base=fhir_base(ctx.request)
+        )
+        ctx.audit.references += [f"Patient/{p}" for p in patients]
         return HttpResponse.json(200, bundle)
 
     @api.operation("instanceOperation")
@@ -209,16 +268,29 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
         resource_type, resource_id = type_and_id(ctx)
         operation = ctx.request.path_params.get("operation", "")
         if resource_type == "Patient" and operation == "$everything":
-            bundle = search.everything(
-                tenant(ctx), resource_id, query_params(ctx.request), base=fhir_base(ctx.request)
+            ctx.audit.subtype = "everything"
+            ctx.audit.references.append(f"Patient/{resource_id}")
+            page = search.everything(
+                tenant(ctx),
+                resource_id,
+                query_params(ctx.request),
+                base=fhir_base(ctx.request),
+                access=access(ctx),
             )
-            return HttpResponse.json(200, bundle)
+            ctx.audit.saw(page.resources)
+            return HttpResponse.json(200, page.bundle)
         raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
 
     @api.operation("postBundle")
     def post_bundle(ctx: RequestContext) -> HttpResponse:
         bundle = json_body(ctx.request)
-        response = bundles.process(tenant(ctx), bundle, base=fhir_base(ctx.request))
+        if isinstance(bundle, dict) and bundle.get("type") == "batch":
+            ctx.audit.subtype = "batch"
+        bundles = services.bundles.bind(access(ctx))
+        try:
+            response = bundles.process(tenant(ctx), bundle, base=fhir_base(ctx.request))
+        finally:
+            ctx.audit.saw(bundles.touched)
         return HttpResponse.json(200, response)
 
     return api
@@ -240,6 +312,28 @@ def path_type(ctx: RequestContext) -> str:
 
 def type_and_id(ctx: RequestContext) -> tuple[str, str]:
     return path_type(ctx), ctx.request.path_params.get("id", "")
+
+
+def writable_type(ctx: RequestContext) -> str:
+    """The path's type, refusing AuditEvent: the trail cannot be written through the API."""
+    resource_type = path_type(ctx)
+    if resource_type == "AuditEvent":
+        raise OperationOutcomeError(
+            status=405,
+            issues=(
+                Issue(
+                    code="not-supported",
+                    diagnostics="AuditEvents are written by the server only; they cannot be "
+                    "created, changed or deleted through the API.",
+                ),
+            ),
+            headers={"Allow": "GET"},
+        )
+    return resource_type
+
+
+def access(ctx: RequestContext) -> AccessPolicy:
+    return AccessPolicy(ctx.identity)
 
 
 def fhir_base(request: HttpRequest) -> str:
@@ -265,6 +359,17 @@ def json_body(request: HttpRequest) -> Any:
             f"Content-Type {content_type[:60]!r} is not accepted; send application/fhir+json.", status=415
         )
     return parse_json(body_bytes(request))
+
+
+def json_patch(body: bytes) -> Any:
+    """A JSON Patch document (an array, so not what ``parse_json`` accepts for resources)."""
+    try:
+        operations = jsonio.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid("The body is not valid JSON.") from exc
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise invalid("A JSON Patch document is an array of operation objects.")
+    return operations
 
 
 def query_params(request: HttpRequest) -> dict[str, list[str]]:

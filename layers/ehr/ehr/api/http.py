@@ -24,6 +24,7 @@ class HttpRequest:
     body: bytes = b""
     base_url: str = ""  # scheme://host[/stage], where the API is served
     request_id: str = ""
+    source_ip: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -51,6 +52,7 @@ class HttpRequest:
             body=body,
             base_url=_base_url(headers, context, path),
             request_id=str(context.get("requestId") or ""),
+            source_ip=str((context.get("identity") or {}).get("sourceIp") or ""),
         )
 
 

@@ -17,8 +17,9 @@ from urllib.parse import parse_qs
 
 from ehr.fhir import jsonio
 from ehr.fhir.outcome import Issue, OperationOutcomeError, invalid, not_supported, precondition_failed
-from ehr.fhir.service import FhirService, WriteResult, check_type, parse_version
+from ehr.fhir.service import FhirService, WriteResult, check_type, parse_version, stored_from_write
 from ehr.fhir.validation import validate_bundle, validate_resource
+from ehr.security.scopes import AccessPolicy
 from ehr.store.ports import StoredResource, Write
 
 if TYPE_CHECKING:
@@ -45,9 +46,17 @@ class _Entry:
 
 
 class BundleProcessor:
-    def __init__(self, fhir: FhirService, search: SearchEngine) -> None:
+    def __init__(
+        self, fhir: FhirService, search: SearchEngine, *, access: AccessPolicy | None = None
+    ) -> None:
         self.fhir = fhir
         self.search = search
+        self.access = access
+        self.touched: list[StoredResource] = []  # what the request read or wrote, for the audit trail
+
+    def bind(self, access: AccessPolicy | None) -> BundleProcessor:
+        """A processor for one request: its scopes checked on every entry, what it touched kept."""
+        return BundleProcessor(self.fhir, self.search, access=access)
 
     # -- conditional interactions (REST and bundles) ---------------------------------------------
 
@@ -62,27 +71,34 @@ class BundleProcessor:
     ) -> WriteResult:
         if not query:
             raise invalid("A conditional update needs search parameters in the URL.")
-        match = self.search.find_for_condition(tenant, resource_type, query, header="url")
+        match = self.search.find_for_condition(tenant, resource_type, query, header="url", access=self.access)
         if match is None:
             resource_id = resource.get("id") if isinstance(resource.get("id"), str) else None
             if resource_id:
-                return self.fhir.update(tenant, resource_type, resource_id, resource, if_match=if_match)
-            return self.fhir.create(tenant, resource_type, resource)
+                return self.fhir.update(
+                    tenant, resource_type, resource_id, resource, if_match=if_match, access=self.access
+                )
+            return self.fhir.create(tenant, resource_type, resource, access=self.access)
         if "id" in resource and resource["id"] != match.id:
             raise invalid(
                 "The resource id does not match the resource the condition found.",
                 expression=[f"{resource_type}.id"],
             )
         return self.fhir.update(
-            tenant, resource_type, match.id, {**resource, "id": match.id}, if_match=if_match
+            tenant,
+            resource_type,
+            match.id,
+            {**resource, "id": match.id},
+            if_match=if_match,
+            access=self.access,
         )
 
     def conditional_delete(self, tenant: str, resource_type: str, query: str) -> None:
         if not query:
             raise invalid("A conditional delete needs search parameters in the URL.")
-        match = self.search.find_for_condition(tenant, resource_type, query, header="url")
+        match = self.search.find_for_condition(tenant, resource_type, query, header="url", access=self.access)
         if match is not None:
-            self.fhir.delete(tenant, resource_type, match.id)
+            self.fhir.delete(tenant, resource_type, match.id, access=self.access)
 
     # -- bundles -------------------------------------------------------------------------------
 
@@ -152,9 +168,12 @@ class BundleProcessor:
                     entry.current,
                     delete=entry.method == "DELETE",
                     last_updated=now,
+                    access=self.access,
                 )
                 writes.append(entry.write)
         self.fhir.commit(tenant, writes, precondition=any(e.request.get("ifMatch") for e in entries))
+        self.touched += [stored_from_write(w) for w in writes]
+        self.touched += [w.previous for w in writes if w.deleted and w.previous is not None]
         response_entries = []
         for entry in entries:
             if entry.method in ("GET", "HEAD"):
@@ -187,7 +206,9 @@ class BundleProcessor:
         check_type(resource_type)
         if_none_exist = entry.request.get("ifNoneExist")
         existing = (
-            self.search.find_for_condition(tenant, resource_type, if_none_exist, header="ifNoneExist")
+            self.search.find_for_condition(
+                tenant, resource_type, if_none_exist, header="ifNoneExist", access=self.access
+            )
             if if_none_exist
             else None
         )
@@ -230,7 +251,9 @@ class BundleProcessor:
 
     def _resolve_condition(self, tenant: str, entry: _Entry, resource_type: str, query: str) -> bool:
         """Conditional PUT/PATCH/DELETE: find the target; False when there is nothing to do."""
-        match = self.search.find_for_condition(tenant, resource_type, query, header="request.url")
+        match = self.search.find_for_condition(
+            tenant, resource_type, query, header="request.url", access=self.access
+        )
         if match is not None:
             entry.target, entry.current = (resource_type, match.id), match
             return True
@@ -299,7 +322,9 @@ class BundleProcessor:
             elif "?" in reference and not reference.startswith(("http:", "https:")):
                 resource_type, _, query = reference.partition("?")
                 check_type(resource_type)
-                match = self.search.find_for_condition(tenant, resource_type, query, header="reference")
+                match = self.search.find_for_condition(
+                    tenant, resource_type, query, header="reference", access=self.access
+                )
                 if match is None:
                     raise precondition_failed(f"No resource matches the conditional reference {reference!r}.")
                 holder["reference"] = f"{resource_type}/{match.id}"
@@ -329,19 +354,26 @@ class BundleProcessor:
         parts = [p for p in path.split("/") if p]
         if len(parts) == 1:
             check_type(parts[0])
-            bundle = self.search.search_bundle(
-                tenant, parts[0], {k: v for k, v in parse_qs(query).items()}, base=base, strict=False
+            bundle = self.search.search(
+                tenant,
+                parts[0],
+                {k: v for k, v in parse_qs(query).items()},
+                base=base,
+                strict=False,
+                access=self.access,
             )
-            return {"resource": bundle, "response": {"status": "200 OK"}}
+            self.touched += bundle.resources
+            return {"resource": bundle.bundle, "response": {"status": "200 OK"}}
         if len(parts) == 2:
-            stored = self.fhir.read(tenant, parts[0], parts[1])
+            stored = self.fhir.read(tenant, parts[0], parts[1], access=self.access)
         elif len(parts) == 4 and parts[2] == "_history":
-            stored = self.fhir.vread(tenant, parts[0], parts[1], parts[3])
+            stored = self.fhir.vread(tenant, parts[0], parts[1], parts[3], access=self.access)
         else:
             raise invalid(
                 "GET entries take Type, Type/id, Type/id/_history/vid or Type?search.",
                 expression=["request.url"],
             )
+        self.touched.append(stored)
         return {
             "resource": stored.body,
             "response": {
@@ -371,34 +403,43 @@ class BundleProcessor:
         if entry.method == "POST" and len(parts) == 1:
             if_none_exist = entry.request.get("ifNoneExist")
             existing = (
-                self.search.find_for_condition(tenant, resource_type, if_none_exist, header="ifNoneExist")
+                self.search.find_for_condition(
+                    tenant, resource_type, if_none_exist, header="ifNoneExist", access=self.access
+                )
                 if if_none_exist
                 else None
             )
             result = (
                 WriteResult("unchanged", existing)
                 if existing
-                else self.fhir.create(tenant, resource_type, entry.resource or {})
+                else self.fhir.create(tenant, resource_type, entry.resource or {}, access=self.access)
             )
         elif entry.method == "PUT" and len(parts) == 2:
             result = self.fhir.update(
-                tenant, resource_type, parts[1], entry.resource or {}, if_match=entry.request.get("ifMatch")
+                tenant,
+                resource_type,
+                parts[1],
+                entry.resource or {},
+                if_match=entry.request.get("ifMatch"),
+                access=self.access,
             )
         elif entry.method == "PUT" and query:
             result = self.conditional_update(
                 tenant, resource_type, query, entry.resource or {}, if_match=entry.request.get("ifMatch")
             )
         elif entry.method == "DELETE" and len(parts) == 2:
-            result = self.fhir.delete(tenant, resource_type, parts[1])
+            result = self.fhir.delete(tenant, resource_type, parts[1], access=self.access)
         elif entry.method == "DELETE" and query:
             self.conditional_delete(tenant, resource_type, query)
             result = WriteResult("deleted", None)
         elif entry.method == "PATCH" and len(parts) == 2:
             entry.target = (resource_type, parts[1])
-            entry.current = self.fhir.read(tenant, resource_type, parts[1])
+            entry.current = self.fhir.read(tenant, resource_type, parts[1], access=self.access)
             patched = self._apply_patch(entry)
             validate_resource(patched, expected_type=resource_type, expected_id=parts[1], require_id=True)
-            write = self.fhir.prepare(tenant, resource_type, parts[1], patched, entry.current)
+            write = self.fhir.prepare(
+                tenant, resource_type, parts[1], patched, entry.current, access=self.access
+            )
             self.fhir.commit(tenant, [write])
             result = WriteResult("updated", self.fhir.store.current(tenant, resource_type, parts[1]))
         else:
@@ -409,6 +450,7 @@ class BundleProcessor:
         response: dict[str, Any] = {"status": STATUS_TEXT.get(result.status, str(result.status))}
         if result.stored is not None:
             stored = result.stored
+            self.touched.append(stored)
             response.update(
                 location=f"{stored.resource_type}/{stored.id}/_history/{stored.version}",
                 etag=f'W/"{stored.version}"',

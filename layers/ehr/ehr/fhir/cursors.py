@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -19,10 +20,26 @@ CURSOR_TTL_SECONDS: Final = 24 * 3600
 
 
 class CursorCodec:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes | Callable[[], bytes]) -> None:
+        # A callable is asked once, on first use: the secret is fetched when a cursor is needed,
+        # not at cold start.
+        self._secret = secret
+        self._cached: Fernet | None = None
+        if isinstance(secret, bytes):
+            self._cached = self._key(secret)
+
+    @staticmethod
+    def _key(secret: bytes) -> Fernet:
         if len(secret) < 32:
             raise ValueError("the cursor secret must be at least 32 bytes")
-        self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"ehr-cursor:" + secret).digest()))
+        return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"ehr-cursor:" + secret).digest()))
+
+    @property
+    def _fernet(self) -> Fernet:
+        if self._cached is None:
+            secret = self._secret() if callable(self._secret) else self._secret
+            self._cached = self._key(secret)
+        return self._cached
 
     def encode(self, *, tenant: str, scope: str, state: dict[str, Any]) -> str:
         payload = {"t": tenant, "q": _fingerprint(scope), "s": state}

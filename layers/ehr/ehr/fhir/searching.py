@@ -28,6 +28,7 @@ from ehr.fhir.search.match import matches
 from ehr.fhir.search.plan import KeyRange as PlanRange
 from ehr.fhir.search.plan import key_ranges
 from ehr.fhir.search.query import Include, SearchClause, SearchQuery, parse_query, resolve_chain
+from ehr.security.scopes import AccessPolicy, Letter, require
 from ehr.store import keys
 from ehr.store.ports import IndexHit, KeyRange, RecordStore, StoredResource
 
@@ -36,6 +37,38 @@ MAX_INCLUDES: Final = 1_000
 EVERYTHING_DEFAULT_COUNT: Final = 100
 EVERYTHING_MAX_COUNT: Final = 1_000
 IGNORED_PARAMS: Final = frozenset({"_format", "_pretty", "_cursor"})
+
+
+@dataclass
+class _Visibility:
+    """Which matches the caller's scopes let through; counts what it withheld."""
+
+    access: AccessPolicy | None
+    letter: Letter = "s"
+    withheld: int = 0
+
+    def __call__(self, stored: StoredResource) -> bool:
+        if self.access is None or self.access.may(self.letter, stored):
+            return True
+        self.withheld += 1
+        return False
+
+    def may_include(self, stored: StoredResource) -> bool:
+        if self.access is None or self.access.may_see(stored):
+            return True
+        self.withheld += 1
+        return False
+
+
+WITHHELD: Final = "Some matching resources were left out: the token's scopes do not reach them."
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """A searchset Bundle and the resources in it (matches and includes), for the audit trail."""
+
+    bundle: dict[str, Any]
+    resources: list[StoredResource]
 
 
 @dataclass
@@ -61,9 +94,19 @@ class SearchEngine:
 
     # -- entry points --------------------------------------------------------------------------
 
-    def search_bundle(
-        self, tenant: str, resource_type: str, params: Mapping[str, Sequence[str]], *, base: str, strict: bool
-    ) -> dict[str, Any]:
+    def search(
+        self,
+        tenant: str,
+        resource_type: str,
+        params: Mapping[str, Sequence[str]],
+        *,
+        base: str,
+        strict: bool,
+        access: AccessPolicy | None = None,
+    ) -> SearchPage:
+        if access is not None:
+            require(access.identity, "s", resource_type)
+        visible = _Visibility(access)
         search_params = {k: list(v) for k, v in params.items() if k not in IGNORED_PARAMS}
         query = parse_query(resource_type, search_params)
         warnings = []
@@ -89,39 +132,38 @@ class SearchEngine:
         kept = {k: v for k, v in search_params.items() if k not in query.unknown_params}
         links = [{"relation": "self", "url": self_url + _query_suffix(kept)}]
         if query.summary == "count":
-            bundle["total"] = self.count(tenant, query)
+            bundle["total"] = self.count(tenant, query, visible)
             bundle["link"] = links
-            return bundle
-        result = self._execute(tenant, query, state)
+            return SearchPage(bundle, [])
+        result = self._execute(tenant, query, state, visible)
         if result.next_state is not None:
             token = self.cursors.encode(tenant=tenant, scope=scope, state=result.next_state)
             links.append({"relation": "next", "url": self_url + _query_suffix({**kept, "_cursor": [token]})})
         if result.total is not None:
             bundle["total"] = result.total
         elif query.total == "accurate":
-            bundle["total"] = self.count(tenant, query)
+            bundle["total"] = self.count(tenant, query, _Visibility(access))
         bundle["link"] = links
         entries = [_entry(base, stored, "match", query) for stored in result.resources]
-        entries += [
-            _entry(base, stored, "include", query)
-            for stored in self._includes(tenant, query, result.resources)
-        ]
+        included = self._includes(tenant, query, result.resources, visible)
+        entries += [_entry(base, stored, "include", query) for stored in included]
+        if visible.withheld:
+            warnings.append(Issue(code="suppressed", severity="warning", diagnostics=WITHHELD))
         if warnings:
-            entries.append(
-                {
-                    "resource": {
-                        "resourceType": "OperationOutcome",
-                        "issue": [w.to_fhir() for w in warnings],
-                    },
-                    "search": {"mode": "outcome"},
-                }
-            )
+            entries.append(_outcome_entry(warnings))
         if entries:
             bundle["entry"] = entries
-        return bundle
+        return SearchPage(bundle, [*result.resources, *included])
 
     def find(
-        self, tenant: str, resource_type: str, query_string: str, *, limit: int, header: str
+        self,
+        tenant: str,
+        resource_type: str,
+        query_string: str,
+        *,
+        limit: int,
+        header: str,
+        access: AccessPolicy | None = None,
     ) -> list[StoredResource]:
         """Resources matching a condition (If-None-Exist, conditional update/delete/reference)."""
         from urllib.parse import parse_qs
@@ -140,23 +182,40 @@ class SearchEngine:
                 expression=[header],
             )
         query = replace(query, count=limit, sort=())
-        return self._execute(tenant, query, None).resources
+        # A condition sees only what the caller may search: it must not reveal other resources.
+        return self._execute(tenant, query, None, _Visibility(access)).resources
 
     def find_for_condition(
-        self, tenant: str, resource_type: str, query_string: str, *, header: str
+        self,
+        tenant: str,
+        resource_type: str,
+        query_string: str,
+        *,
+        header: str,
+        access: AccessPolicy | None = None,
     ) -> StoredResource | None:
-        found = self.find(tenant, resource_type, query_string, limit=2, header=header)
+        found = self.find(tenant, resource_type, query_string, limit=2, header=header, access=access)
         if len(found) > 1:
             raise precondition_failed(f"The {header} condition matches more than one {resource_type}.")
         return found[0] if found else None
 
-    def count(self, tenant: str, query: SearchQuery) -> int:
-        return len(self._collect(tenant, query))
+    def count(self, tenant: str, query: SearchQuery, visible: _Visibility | None = None) -> int:
+        return len(self._collect(tenant, query, visible or _Visibility(None)))
 
     def everything(
-        self, tenant: str, patient_id: str, params: Mapping[str, Sequence[str]], *, base: str
-    ) -> dict[str, Any]:
+        self,
+        tenant: str,
+        patient_id: str,
+        params: Mapping[str, Sequence[str]],
+        *,
+        base: str,
+        access: AccessPolicy | None = None,
+    ) -> SearchPage:
+        if access is not None:
+            require(access.identity, "r", "Patient")
         patient = self.store.current(tenant, "Patient", patient_id)
+        if patient is not None and access is not None:
+            access.check("r", patient)
         if patient is None or patient.deleted:
             raise OperationOutcomeError(
                 status=404,
@@ -189,6 +248,8 @@ class SearchEngine:
         referenced = [ref for s in resources for ref in _all_references(s) if ref not in in_page]
         outside = self.store.current_many(tenant, list(dict.fromkeys(referenced)))
         resources += [s for s in outside.values() if not s.deleted and not s.compartments]
+        visible = _Visibility(access, letter="r")
+        resources = [s for s in resources if visible.may_include(s)]
         self_url = f"{base}/Patient/{patient_id}/$everything"
         links = [{"relation": "self", "url": self_url + (f"?_count={count}" if params.get("_count") else "")}]
         if page.cursor:
@@ -200,16 +261,17 @@ class SearchEngine:
                 }
             )
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
-        if resources:
-            bundle["entry"] = [
-                {
-                    "fullUrl": f"{base}/{s.resource_type}/{s.id}",
-                    "resource": s.body,
-                    "search": {"mode": "match"},
-                }
-                for s in resources
-            ]
-        return bundle
+        entries: list[dict[str, Any]] = [
+            {"fullUrl": f"{base}/{s.resource_type}/{s.id}", "resource": s.body, "search": {"mode": "match"}}
+            for s in resources
+        ]
+        if visible.withheld:
+            entries.append(
+                _outcome_entry([Issue(code="suppressed", severity="warning", diagnostics=WITHHELD)])
+            )
+        if entries:
+            bundle["entry"] = entries
+        return SearchPage(bundle, resources)
 
     def _state(self, tenant: str, scope: str, params: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
         tokens = params.get("_cursor") or []
@@ -258,7 +320,9 @@ class SearchEngine:
             return None, [PlanRange(param="_lastUpdated", key="")]
         return best[1], best[2]
 
-    def _execute(self, tenant: str, query: SearchQuery, state: Mapping[str, Any] | None) -> _Result:
+    def _execute(
+        self, tenant: str, query: SearchQuery, state: Mapping[str, Any] | None, visible: _Visibility
+    ) -> _Result:
         prepared = self._prepare(tenant, query)
         if prepared is None:
             return _Result([], None, 0)
@@ -269,8 +333,10 @@ class SearchEngine:
         )
         if streaming and (state is None or "after" in state or "c" in state):
             descending = bool(sort and sort[0].descending)
-            return self._stream(tenant, prepared, ranges[0], descending, state)
-        matches_all = self._collect(tenant, prepared)
+            return self._stream(
+                tenant, prepared, ranges[0], descending=descending, state=state, visible=visible
+            )
+        matches_all = self._collect(tenant, prepared, visible)
         ordered = _sorted(matches_all, prepared)
         offset = int((state or {}).get("offset", 0))
         page = ordered[offset : offset + prepared.count]
@@ -283,8 +349,10 @@ class SearchEngine:
         tenant: str,
         query: SearchQuery,
         plan: PlanRange,
+        *,
         descending: bool,
         state: Mapping[str, Any] | None,
+        visible: _Visibility,
     ) -> _Result:
         if query.count == 0:
             return _Result([], None, None)
@@ -311,7 +379,7 @@ class SearchEngine:
                 last = hit
                 if stored is None or stored.deleted or not _first_in_range(stored, plan, hit, descending):
                     continue
-                if all(matches(c, _terms(stored)) for c in query.clauses):
+                if all(matches(c, _terms(stored)) for c in query.clauses) and visible(stored):
                     found.append(stored)
                     if len(found) == query.count:
                         break
@@ -331,7 +399,9 @@ class SearchEngine:
             next_state = {"c": cursor}
         return _Result(found, next_state, None)
 
-    def _collect(self, tenant: str, query: SearchQuery) -> list[StoredResource]:
+    def _collect(
+        self, tenant: str, query: SearchQuery, visible: _Visibility | None = None
+    ) -> list[StoredResource]:
         prepared = self._prepare(tenant, query)
         if prepared is None:
             return []
@@ -375,6 +445,7 @@ class SearchEngine:
                     stored is not None
                     and not stored.deleted
                     and all(matches(c, _terms(stored)) for c in prepared.clauses)
+                    and (visible is None or visible(stored))
                 ):
                     found.append(stored)
         return found
@@ -382,7 +453,7 @@ class SearchEngine:
     # -- includes ------------------------------------------------------------------------------
 
     def _includes(
-        self, tenant: str, query: SearchQuery, results: Sequence[StoredResource]
+        self, tenant: str, query: SearchQuery, results: Sequence[StoredResource], visible: _Visibility
     ) -> list[StoredResource]:
         if not results or not (query.includes or query.revincludes):
             return []
@@ -391,32 +462,21 @@ class SearchEngine:
         frontier = list(results)
         first = True
         while frontier and len(included) < MAX_INCLUDES:
-            added: list[StoredResource] = []
             wanted: list[tuple[str, str]] = []
             for include in query.includes:
-                if not first and not include.iterate:
-                    continue
-                for stored in frontier:
-                    wanted += _references(stored, include)
-            for ref in dict.fromkeys(wanted):
-                if ref in seen:
-                    continue
-                seen.add(ref)
-            fetched = self.store.current_many(tenant, [r for r in dict.fromkeys(wanted)])
-            for ref, stored in fetched.items():
-                if (
-                    not stored.deleted
-                    and stored not in included
-                    and ref not in {(s.resource_type, s.id) for s in results}
-                ):
-                    added.append(stored)
+                if first or include.iterate:
+                    for stored in frontier:
+                        wanted += [ref for ref in _references(stored, include) if ref not in seen]
+            wanted = list(dict.fromkeys(wanted))
+            seen.update(wanted)
+            fetched = self.store.current_many(tenant, wanted)
+            added = [fetched[ref] for ref in wanted if ref in fetched and not fetched[ref].deleted]
             for include in query.revincludes:
-                if not first and not include.iterate:
-                    continue
-                added += self._revinclude(tenant, include, frontier, seen)
-            unique = {(s.resource_type, s.id): s for s in added}
-            included += list(unique.values())
-            frontier = list(unique.values())
+                if first or include.iterate:
+                    added += self._revinclude(tenant, include, frontier, seen)
+            permitted = [s for s in added if visible.may_include(s)]
+            included += permitted
+            frontier = permitted
             first = False
         return included[:MAX_INCLUDES]
 
@@ -535,6 +595,13 @@ def _entry(base: str, stored: StoredResource, mode: str, query: SearchQuery) -> 
         "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
         "resource": body,
         "search": {"mode": mode},
+    }
+
+
+def _outcome_entry(issues: Sequence[Issue]) -> dict[str, Any]:
+    return {
+        "resource": {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]},
+        "search": {"mode": "outcome"},
     }
 
 

@@ -24,6 +24,7 @@ from ehr.fhir.outcome import (
 )
 from ehr.fhir.search.extract import compartment_patients, index_terms
 from ehr.fhir.validation import known_resource_types, validate_resource
+from ehr.security.scopes import AccessPolicy, require
 from ehr.store.dynamo import now_instant
 from ehr.store.ports import ConflictError, IndexEntry, RecordStore, StoredResource, TooLargeError, Write
 
@@ -75,18 +76,38 @@ class FhirService:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read(self, tenant: str, resource_type: str, resource_id: str) -> StoredResource:
+    def read(
+        self, tenant: str, resource_type: str, resource_id: str, *, access: AccessPolicy | None = None
+    ) -> StoredResource:
         check_type(resource_type)
+        if access is not None:
+            require(access.identity, "r", resource_type)
         stored = self.store.current(tenant, resource_type, resource_id)
         if stored is None:
             raise not_found(f"{resource_type}/{resource_id} is not known.")
+        if access is not None:
+            access.check("r", stored)
         if stored.deleted:
             raise gone(f"{resource_type}/{resource_id} was deleted.")
         return stored
 
-    def vread(self, tenant: str, resource_type: str, resource_id: str, version_id: str) -> StoredResource:
+    def vread(
+        self,
+        tenant: str,
+        resource_type: str,
+        resource_id: str,
+        version_id: str,
+        *,
+        access: AccessPolicy | None = None,
+    ) -> StoredResource:
         check_type(resource_type)
         version = parse_version(version_id)
+        if access is not None:
+            # Permission follows the resource as it is now (its compartment, its granular match).
+            current = self.store.current(tenant, resource_type, resource_id)
+            require(access.identity, "r", resource_type)
+            if current is not None:
+                access.check("r", current)
         stored = self.store.version(tenant, resource_type, resource_id, version)
         if stored is None:
             raise not_found(f"{resource_type}/{resource_id} has no version {version}.")
@@ -106,11 +127,20 @@ class FhirService:
         *,
         delete: bool = False,
         last_updated: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> Write:
-        """A Write with server-set id and meta, and the index entries and compartments it owns."""
+        """A Write with server-set id and meta, and the index entries and compartments it owns.
+
+        With ``access``, the caller's scopes must permit the change to what exists (update,
+        delete) and to what will exist (create, update): a patient-context token can neither
+        touch another patient's resource nor move one out of or into its patient's compartment.
+        """
         version = (previous.version + 1) if previous else 1
         now = last_updated or self.clock()
+        exists = previous is not None and not previous.deleted
         if delete or resource is None:
+            if access is not None and previous is not None and exists:
+                access.check("d", previous)
             return Write(
                 resource_type, resource_id, version, "delete", now, None, frozenset(), frozenset(), previous
             )
@@ -122,12 +152,15 @@ class FhirService:
         body["meta"] = meta
         entries = frozenset(IndexEntry(t.param, t.key, t.sort, t.high, t.text) for t in index_terms(body))
         compartments = frozenset(compartment_patients(body))
-        operation: Literal["create", "update"] = (
-            "update" if previous is not None and not previous.deleted else "create"
-        )
-        return Write(
+        operation: Literal["create", "update"] = "update" if exists else "create"
+        write = Write(
             resource_type, resource_id, version, operation, now, body, entries, compartments, previous
         )
+        if access is not None:
+            if exists and previous is not None:
+                access.check("u", previous)
+            access.check("u" if exists else "c", stored_from_write(write))
+        return write
 
     def commit(self, tenant: str, writes: Sequence[Write], *, precondition: bool = False) -> None:
         try:
@@ -140,12 +173,16 @@ class FhirService:
                 status=413, issues=invalid(str(error), code="too-long").issues
             ) from error
 
-    def create(self, tenant: str, resource_type: str, resource: dict[str, Any]) -> WriteResult:
+    def create(
+        self, tenant: str, resource_type: str, resource: dict[str, Any], *, access: AccessPolicy | None = None
+    ) -> WriteResult:
         check_type(resource_type)
+        if access is not None:
+            require(access.identity, "c", resource_type)
         validate_resource(resource, expected_type=resource_type)
-        write = self.prepare(tenant, resource_type, self.new_id(), resource, None)
+        write = self.prepare(tenant, resource_type, self.new_id(), resource, None, access=access)
         self.commit(tenant, [write])
-        return WriteResult("created", _stored(write))
+        return WriteResult("created", stored_from_write(write))
 
     def update(
         self,
@@ -155,15 +192,16 @@ class FhirService:
         resource: dict[str, Any],
         *,
         if_match: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> WriteResult:
         check_type(resource_type)
         validate_resource(resource, expected_type=resource_type, expected_id=resource_id, require_id=True)
         current = self.store.current(tenant, resource_type, resource_id)
         self._check_if_match(current, if_match, resource_type, resource_id)
-        write = self.prepare(tenant, resource_type, resource_id, resource, current)
+        write = self.prepare(tenant, resource_type, resource_id, resource, current, access=access)
         self.commit(tenant, [write], precondition=if_match is not None)
         created = current is None or current.deleted
-        return WriteResult("created" if created else "updated", _stored(write))
+        return WriteResult("created" if created else "updated", stored_from_write(write))
 
     def patch(
         self,
@@ -173,7 +211,10 @@ class FhirService:
         operations: Any,
         *,
         if_match: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> WriteResult:
+        if access is not None:
+            require(access.identity, "u", resource_type)
         current = self.read(tenant, resource_type, resource_id)
         self._check_if_match(current, if_match, resource_type, resource_id)
         if not isinstance(operations, list):
@@ -194,18 +235,22 @@ class FhirService:
                 issues=invalid("A patch may not change the resource's type or id.", code="processing").issues,
             )
         validate_resource(patched, expected_type=resource_type, expected_id=resource_id, require_id=True)
-        write = self.prepare(tenant, resource_type, resource_id, patched, current)
+        write = self.prepare(tenant, resource_type, resource_id, patched, current, access=access)
         self.commit(tenant, [write], precondition=if_match is not None)
-        return WriteResult("updated", _stored(write))
+        return WriteResult("updated", stored_from_write(write))
 
-    def delete(self, tenant: str, resource_type: str, resource_id: str) -> WriteResult:
+    def delete(
+        self, tenant: str, resource_type: str, resource_id: str, *, access: AccessPolicy | None = None
+    ) -> WriteResult:
         check_type(resource_type)
+        if access is not None:
+            require(access.identity, "d", resource_type)
         current = self.store.current(tenant, resource_type, resource_id)
         if current is None:
             raise not_found(f"{resource_type}/{resource_id} is not known.")
         if current.deleted:
             return WriteResult("deleted", None)  # deleting twice changes nothing
-        write = self.prepare(tenant, resource_type, resource_id, None, current, delete=True)
+        write = self.prepare(tenant, resource_type, resource_id, None, current, delete=True, access=access)
         self.commit(tenant, [write])
         return WriteResult("deleted", None)
 
@@ -235,9 +280,16 @@ class FhirService:
         since: str | None,
         count: int,
         cursor: Mapping[str, Any] | None,
+        access: AccessPolicy | None = None,
     ) -> tuple[list[StoredResource], dict[str, Any] | None]:
         check_type(resource_type)
+        if access is not None:
+            require(access.identity, "r" if resource_id else "s", resource_type)
         if resource_id is not None:
+            if access is not None:
+                current = self.store.current(tenant, resource_type, resource_id)
+                if current is not None:
+                    access.check("r", current)
             page = self.store.history(
                 tenant,
                 resource_type,
@@ -256,10 +308,16 @@ class FhirService:
             page = self.store.type_history(
                 tenant, resource_type, since=since, limit=count, cursor=dict(cursor) if cursor else None
             )
+            if access is not None:
+                # Versions are judged by the resource as it is now (its compartment, its matches).
+                now = self.store.current_many(tenant, [(v.resource_type, v.id) for v in page.items])
+                allowed = {ref for ref, stored in now.items() if access.may_see(stored)}
+                return [v for v in page.items if (v.resource_type, v.id) in allowed], page.cursor
         return list(page.items), page.cursor
 
 
-def _stored(write: Write) -> StoredResource:
+def stored_from_write(write: Write) -> StoredResource:
+    """The stored form of a committed write."""
     return StoredResource(
         resource_type=write.resource_type,
         id=write.id,
