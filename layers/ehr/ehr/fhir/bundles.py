@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -19,7 +20,7 @@ from ehr.fhir import jsonio
 from ehr.fhir.outcome import Issue, OperationOutcomeError, invalid, not_supported, precondition_failed
 from ehr.fhir.service import FhirService, WriteResult, check_type, parse_version, stored_from_write
 from ehr.fhir.validation import validate_bundle, validate_resource
-from ehr.security.scopes import AccessPolicy
+from ehr.security.scopes import AccessPolicy, require
 from ehr.store.ports import StoredResource, Write
 
 if TYPE_CHECKING:
@@ -107,9 +108,9 @@ class BundleProcessor:
             raise invalid(
                 "POST to the FHIR base takes a Bundle of type batch or transaction.", expression=["Bundle"]
             )
-        validate_bundle(bundle)
         if bundle.get("type") == "batch":
-            return self._batch(tenant, bundle, base)
+            return self._batch(tenant, bundle, base, _entry_failures(bundle))
+        validate_bundle(bundle)
         return self._transaction(tenant, bundle, base)
 
     def _entries(self, bundle: Mapping[str, Any]) -> list[_Entry]:
@@ -171,6 +172,13 @@ class BundleProcessor:
                     access=self.access,
                 )
                 writes.append(entry.write)
+        # GET entries run after the writes (they see them), so check now that each can succeed:
+        # a transaction that would answer an error must not have written anything.
+        written = {e.target for e in entries if e.target is not None and not e.skip_write}
+        for entry in entries:
+            if entry.method in ("GET", "HEAD"):
+                with _at(entry):
+                    self._check_read_entry(tenant, entry, written)
         self.fhir.commit(tenant, writes, precondition=any(e.request.get("ifMatch") for e in entries))
         self.touched += [stored_from_write(w) for w in writes]
         self.touched += [w.previous for w in writes if w.deleted and w.previous is not None]
@@ -349,6 +357,27 @@ class BundleProcessor:
             result["fullUrl"] = entry.full_url
         return result
 
+    def _check_read_entry(self, tenant: str, entry: _Entry, written: set[tuple[str, str]]) -> None:
+        path, _, query = entry.url.partition("?")
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise invalid("GET entries name a resource type.", expression=["request.url"])
+        check_type(parts[0])
+        if len(parts) == 1:
+            if self.access is not None:
+                require(self.access.identity, "s", parts[0])
+            self.search.find_check(parts[0], query)
+        elif len(parts) in (2, 4) and (parts[0], parts[1]) not in written:
+            if len(parts) == 4 and parts[2] == "_history":
+                self.fhir.vread(tenant, parts[0], parts[1], parts[3], access=self.access)
+            elif len(parts) == 2:
+                self.fhir.read(tenant, parts[0], parts[1], access=self.access)
+            else:
+                raise invalid(
+                    "GET entries take Type, Type/id, Type/id/_history/vid or Type?search.",
+                    expression=["request.url"],
+                )
+
     def _read_entry(self, tenant: str, entry: _Entry, base: str) -> dict[str, Any]:
         path, _, query = entry.url.partition("?")
         parts = [p for p in path.split("/") if p]
@@ -383,9 +412,15 @@ class BundleProcessor:
             },
         }
 
-    def _batch(self, tenant: str, bundle: Mapping[str, Any], base: str) -> dict[str, Any]:
+    def _batch(
+        self, tenant: str, bundle: Mapping[str, Any], base: str, failures: Mapping[int, OperationOutcomeError]
+    ) -> dict[str, Any]:
         results = []
         for entry in self._entries(bundle):
+            failure = failures.get(entry.index)
+            if failure is not None:
+                results.append({"response": {"status": str(failure.status), "outcome": failure.to_fhir()}})
+                continue
             try:
                 results.append(self._batch_entry(tenant, entry, base))
             except OperationOutcomeError as error:
@@ -481,6 +516,26 @@ class _at:
                 )
                 for i in error.issues
             )
+
+
+def _entry_failures(bundle: dict[str, Any]) -> dict[int, OperationOutcomeError]:
+    """A batch's invalid entries, each to fail on its own; problems of the Bundle itself raise."""
+    try:
+        validate_bundle(bundle)
+    except OperationOutcomeError as error:
+        own: dict[int, list[Issue]] = {}
+        for issue in error.issues:
+            match = _ENTRY_EXPRESSION.match(issue.expression[0]) if issue.expression else None
+            if match is None:
+                raise
+            own.setdefault(int(match.group(1)), []).append(issue)
+        return {
+            n: OperationOutcomeError(status=error.status, issues=tuple(issues)) for n, issues in own.items()
+        }
+    return {}
+
+
+_ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]\.(resource|request|fullUrl)")
 
 
 def _reference_holders(node: Any) -> Iterator[dict[str, Any]]:

@@ -185,6 +185,13 @@ class SearchEngine:
         # A condition sees only what the caller may search: it must not reveal other resources.
         return self._execute(tenant, query, None, _Visibility(access)).resources
 
+    @staticmethod
+    def find_check(resource_type: str, query_string: str) -> None:
+        """Raise what searching ``resource_type`` with ``query_string`` would raise for bad input."""
+        from urllib.parse import parse_qs
+
+        parse_query(resource_type, parse_qs(query_string, keep_blank_values=True))
+
     def find_for_condition(
         self,
         tenant: str,
