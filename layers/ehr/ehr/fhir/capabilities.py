@@ -20,7 +20,18 @@ INTERACTIONS = (
     "create",
     "search-type",
 )
+NOT_SEARCHABLE = tuple(i for i in INTERACTIONS if i != "search-type")  # no search parameters in R4
 EVERYTHING = ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
+# The audit trail is written by the server only and read by search (ehr.fhir.auditing).
+AUDIT_EVENT = ResourceCapability(
+    type="AuditEvent",
+    interactions=("search-type",),
+    search_params=(
+        SearchParam("date", "date", "http://hl7.org/fhir/SearchParameter/AuditEvent-date"),
+        SearchParam("patient", "reference", "http://hl7.org/fhir/SearchParameter/AuditEvent-patient"),
+    ),
+    versioning="no-version",
+)
 
 
 @lru_cache(maxsize=1)
@@ -28,19 +39,24 @@ def implemented() -> CapabilityRegistry:
     registry = CapabilityRegistry(system_interactions=["transaction", "batch"])
     searchable = definitions.resource_types()
     for resource_type in sorted(known_resource_types()):
+        if resource_type == "AuditEvent":
+            registry.resources.append(AUDIT_EVENT)
+            continue
         params = definitions.supported_parameters(resource_type) if resource_type in searchable else {}
+        interactions = INTERACTIONS if resource_type in searchable else NOT_SEARCHABLE
         registry.resources.append(
             ResourceCapability(
                 type=resource_type,
-                interactions=INTERACTIONS,
+                interactions=interactions,
                 search_params=tuple(
                     SearchParam(p.code, p.type, p.url or None)
                     for p in sorted(params.values(), key=lambda p: p.code)
                 ),
                 versioning="versioned-update",
-                conditional_create=True,
-                conditional_update=True,
-                conditional_delete="single",
+                # Conditional interactions are searches: only where the type can be searched.
+                conditional_create=resource_type in searchable,
+                conditional_update=resource_type in searchable,
+                conditional_delete="single" if resource_type in searchable else "not-supported",
                 operations=(EVERYTHING,) if resource_type == "Patient" else (),
             )
         )
