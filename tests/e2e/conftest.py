@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import requests
@@ -72,7 +74,15 @@ def start_local_server(home: Path, extra_env: dict[str, str] | None = None) -> L
         process.kill()
         pytest.fail("ehr local did not become ready")
     server.banner = "".join(banner)  # type: ignore[attr-defined]
+    # Keep reading stdout so the server can never block on a full pipe.
+    threading.Thread(target=_drain, args=(process.stdout, home / "stdout.log"), daemon=True).start()
     return server
+
+
+def _drain(stream: IO[str], path: Path) -> None:
+    with open(path, "a") as sink:
+        for line in stream:
+            sink.write(line)
 
 
 def stop_local_server(server: LocalServer) -> None:

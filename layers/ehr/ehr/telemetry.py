@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -25,6 +26,10 @@ def outcome_metric(operation_id: str, status: int) -> str:
 
 
 def count_requests(metrics: Metrics) -> Callable[[str, int], None]:
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+        # Powertools never flushes a disabled metric set, so adding to it would only grow memory.
+        return lambda operation_id, status: None
+
     def observe(operation_id: str, status: int) -> None:
         metrics.add_metric(name=outcome_metric(operation_id, status), unit=MetricUnit.Count, value=1)
 
