@@ -535,7 +535,8 @@ def _entry_failures(bundle: dict[str, Any]) -> dict[int, OperationOutcomeError]:
     return {}
 
 
-_ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]\.(resource|request|fullUrl)")
+# Only an entry's own resource fails alone; fullUrl and request rules concern the Bundle.
+_ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]\.resource\b")
 
 
 def _reference_holders(node: Any) -> Iterator[dict[str, Any]]:
