@@ -107,7 +107,11 @@ def test_a_stale_update_is_a_conflict_and_changes_nothing(make_store, threshold)
     assert store.current(T, "Patient", "p1").body["gender"] == "female"
 
 
-def test_of_two_concurrent_updates_of_one_version_exactly_one_wins(make_store):
+def test_of_two_concurrent_updates_of_one_version_exactly_one_wins(make_store, backend):
+    if backend == "moto":
+        # moto evaluates a TransactWriteItems' conditions and writes without a lock, so under
+        # load two threads can both pass; the guarantee is DynamoDB's, checked on DynamoDB Local.
+        pytest.skip("moto's transactions are not atomic across threads")
     store = make_store()
     store.commit(T, [write("p1", 1, None)])
     base = store.current(T, "Patient", "p1")
