@@ -2,7 +2,8 @@
 
 A transaction is all or nothing (docs/fhir-api.md): when the answer is an error, no entry may have
 been written, or a client (and the audit trail, which records the refusal) is told that nothing
-happened while data changed.
+happened while data changed. Found by the attack matrix's transaction attempts: GET entries used
+to be read after the commit, so a failing one answered 404 or 403 over writes that stayed.
 """
 
 from __future__ import annotations
