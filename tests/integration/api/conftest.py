@@ -44,45 +44,35 @@ def system(uid: str) -> str:
 
 
 # -- moto, made fast enough for a suite ----------------------------------------------------------
-#
-# The fixtures below change how fast moto (the emulated DynamoDB under the handlers) answers, never
-# what it answers. Without them every request costs time proportional to everything written
-# before it in the session, and this suite took 20 minutes and gigabytes of memory. `ehr local`
-# has the same costs; these belong in infra/local/cloud.py (see the test report).
 
 
 @pytest.fixture(autouse=True)
-def _release_moto_rollback_copies() -> Iterator[None]:
-    """moto keeps every model object it ever built in a class-level ``instances_tracked`` list,
-    including the whole-table copies TransactWriteItems takes for rollback, so each write kept a
-    copy of the records table alive (about 2 GB after 100 creates). Only moto's introspection API
-    reads those lists; emptying them after each test releases the copies."""
-    yield
-    try:
-        from moto.core.model_instances import model_data
-    except ImportError:  # pragma: no cover - another moto layout: nothing to release
-        return
-    for model in model_data.get("dynamodb", {}).values():
-        tracked = getattr(model, "instances_tracked", None)
-        if isinstance(tracked, list):
-            tracked.clear()
+def _moto_fast_paths() -> Iterator[None]:
+    """Three moto 5 hot spots, answered the same way in a fraction of the time and memory.
 
-
-@pytest.fixture(autouse=True)
-def _moto_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two moto 5 hot spots, answered the same way in a fraction of the time.
+    These change how fast the emulated DynamoDB under the handlers answers, never what it answers.
+    Without them each request costs time proportional to everything written before it in the
+    session: this suite took 20 minutes and gigabytes. `ehr local` pays the same; the fix belongs
+    in infra/local/cloud.py, for every suite and for `ehr local` users. Until then it is installed
+    around each test of this folder.
 
     - TransactWriteItems deep-copies the whole table once per *item* (before applying any), for
       rollback; the record store writes ~20 items per resource and the audit sink one transaction
       per request. One copy per table and transaction is the same snapshot.
+    - moto keeps every model object it builds in class-level ``instances_tracked`` lists, those
+      rollback copies included, so each write kept a copy of the table alive (2 GB after 100
+      creates). Only moto's introspection API reads the lists; they are emptied after each
+      transaction.
     - A Query on the table's own key sorts *every item of the table* before keeping those of the
       queried partition, which it then sorts by range key. Starting from that partition alone gives
       the same result.
     """
     try:
+        from moto.core.model_instances import model_data
         from moto.dynamodb import models as dynamodb_models
         from moto.dynamodb.models.table import Table
     except ImportError:  # pragma: no cover - another moto layout: leave it as it is
+        yield
         return
     local = threading.local()
     real_copy = dynamodb_models.copy
@@ -107,6 +97,10 @@ def _moto_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
             return transact_write_items(self, transact_items)
         finally:
             local.snapshots = None
+            for model in model_data.get("dynamodb", {}).values():
+                tracked = getattr(model, "instances_tracked", None)
+                if isinstance(tracked, list):
+                    tracked.clear()
 
     table_query, table_all_items = Table.query, Table.all_items
 
@@ -126,9 +120,11 @@ def _moto_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
             return table_all_items(self)
         return list(self.items.get(partition[1], {}).values())
 
-    monkeypatch.setattr(dynamodb_models, "copy", CopyEachTableOnce())
-    monkeypatch.setattr(
-        dynamodb_models.DynamoDBBackend, "transact_write_items", transact_with_one_snapshot_per_table
-    )
-    monkeypatch.setattr(Table, "query", query_one_partition)
-    monkeypatch.setattr(Table, "all_items", all_items)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dynamodb_models, "copy", CopyEachTableOnce())
+        patch.setattr(
+            dynamodb_models.DynamoDBBackend, "transact_write_items", transact_with_one_snapshot_per_table
+        )
+        patch.setattr(Table, "query", query_one_partition)
+        patch.setattr(Table, "all_items", all_items)
+        yield
