@@ -148,5 +148,73 @@ def client_create(client_id: str, tenant: str, scope: str) -> None:
     click.echo(f"registered {client_id} for tenant {tenant} ({scope}); private key: {key_path}")
 
 
+@main.command("mllp-bridge")
+@click.option(
+    "--listen",
+    "port",
+    required=True,
+    type=click.IntRange(0, 65535),
+    help="MLLP port to listen on (0 picks a free one).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--target",
+    required=True,
+    help="The platform's HL7 v2 endpoint, e.g. https://api.example.org/tenants/clinic-a/hl7v2.",
+)
+@click.option(
+    "--token-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the bearer token; read again for every message, so it can be rotated.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds to wait for the platform before answering the sender with a NAK (AE).",
+)
+def mllp_bridge(port: int, host: str, target: str, token_file: str, timeout: float) -> None:
+    """Relay HL7 v2 over MLLP (TCP) to the platform's HL7 v2 endpoint and its ACKs back.
+
+    Every message gets an ACK: the platform's, or a NAK (MSA-1 AE, or AR for a message that cannot
+    be read) saying why when the platform is unreachable, slow, refuses the token or fails.
+    """
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from infra.local.mllp_bridge import BridgeServer, Upstream
+
+    url = urlsplit(target)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise click.BadParameter("an http:// or https:// URL", param_hint="--target")
+    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("warning: --target is plain http; the token will cross the network unencrypted", err=True)
+    _log_to_stderr()
+    server = BridgeServer(Upstream(url=target, token_file=Path(token_file), timeout=timeout))
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        bound_host, bound_port = server.start(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    click.echo(f"MLLP bridge listening on {shown}:{bound_port} → {target}")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        click.echo("Stopping…", err=True)
+        server.stop()
+        click.echo("Stopped.", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
