@@ -55,7 +55,7 @@ class AckIssue:
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts: list[int] = []
     for piece in version.split("."):
-        digits = "".join(c for c in piece if c.isdigit())
+        digits = "".join(c for c in piece if c in "0123456789")
         if not digits:
             break
         parts.append(int(digits))
@@ -81,6 +81,8 @@ def build_ack(
     enc = message.encoding if message is not None else Encoding()
     version = message.version if message is not None else DEFAULT_VERSION
     vt = _version_tuple(version)
+    if not (2, 1) <= vt < (2, 9):  # not a version we speak: answer in the shape of 2.5.1
+        vt = (2, 5, 1)
     if vt < (2, 7) and enc.truncation:
         enc = Encoding(enc.field, enc.component, enc.repetition, enc.escape, enc.subcomponent)
     f, c, s = enc.field, enc.component, enc.subcomponent

@@ -320,10 +320,14 @@ def parse(text: str) -> Message:
     if len(msh2) == 5 and msh2[2] == msh2[3] == "\\":  # `^~\\&`: a doubled escape character
         msh2 = msh2[:3] + msh2[4:]
         notes.append("MSH-2 had a doubled escape character")
-    if not 4 <= len(msh2) <= 5 or len(set(msh2 + separator)) != len(msh2) + 1:
+    if (
+        not 4 <= len(msh2) <= 5
+        or len(set(msh2 + separator)) != len(msh2) + 1
+        or any(c.isalnum() or c.isspace() for c in msh2)
+    ):
         raise Er7Error(
-            f"MSH-2 (encoding characters) {msh2!r} must be four or five distinct characters "
-            "other than the field separator.",
+            f"MSH-2 (encoding characters) {msh2!r} must be four or five distinct characters, "
+            "not letters, digits or spaces, other than the field separator.",
             field=2,
         )
     enc = Encoding(separator, msh2[0], msh2[1], msh2[2], msh2[3], msh2[4] if len(msh2) == 5 else "")

@@ -63,13 +63,13 @@ def _walk(children: Any, required: bool, segments: set[str], known: set[str]) ->
 @lru_cache(maxsize=256)
 def required_segments(version: str, structure: str) -> tuple[frozenset[str], frozenset[str]] | None:
     """``(required, allowed)`` segment names of ``structure`` in ``version``; None if unknown."""
-    try:
-        reference = load_reference(structure, "Message", version)
-    except ChildNotFound:
-        return None
     required: set[str] = set()
     allowed: set[str] = set()
-    _walk(reference[1], True, required, allowed)
+    try:
+        reference = load_reference(structure, "Message", version)
+        _walk(reference[1], True, required, allowed)
+    except (ChildNotFound, IndexError, TypeError, ValueError):
+        return None
     return frozenset(required), frozenset(allowed)
 
 
@@ -78,12 +78,12 @@ def required_fields(version: str, segment: str) -> tuple[tuple[int, str], ...]:
     """``(field number, field name)`` of the fields ``segment`` requires in ``version``."""
     try:
         reference = load_reference(segment, "Segment", version)
-    except ChildNotFound:
+        out: list[tuple[int, str]] = []
+        for name, sub, cardinality, _kind in reference[1]:
+            if cardinality[0] >= 1:
+                out.append((int(name.rsplit("_", 1)[1]), str(sub[3]).replace("_", " ").lower()))
+    except (ChildNotFound, IndexError, TypeError, ValueError):  # unknown, or a shape without fields
         return ()
-    out: list[tuple[int, str]] = []
-    for name, sub, cardinality, _kind in reference[1]:
-        if cardinality[0] >= 1:
-            out.append((int(name.rsplit("_", 1)[1]), str(sub[3]).replace("_", " ").lower()))
     return tuple(out)
 
 

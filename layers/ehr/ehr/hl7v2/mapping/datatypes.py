@@ -6,8 +6,10 @@ or ``None`` when the value is empty, so mappers can write ``[x for r in reps if 
 
 from __future__ import annotations
 
+import calendar
 import re
 from typing import Any
+from urllib.parse import quote
 
 from ehr.hl7v2.er7 import Repetition, Segment
 from ehr.hl7v2.mapping import MappingContext, MappingError
@@ -42,7 +44,9 @@ CODE_SYSTEMS: dict[str, str] = {
     "HL70136": "http://terminology.hl7.org/CodeSystem/v2-0136",
     "HL70203": "http://terminology.hl7.org/CodeSystem/v2-0203",
     "HL70487": "http://terminology.hl7.org/CodeSystem/v2-0487",
+    "NCIT": "http://ncithesaurus-stage.nci.nih.gov",
 }
+_HL7_TABLE = re.compile(r"HL7(\d{4})")
 
 _DTM = re.compile(
     r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
@@ -55,9 +59,13 @@ def code_system(name: str, ctx: MappingContext) -> str | None:
     name = name.strip()
     if not name:
         return None
-    known = CODE_SYSTEMS.get(name.upper().replace("-", "").replace(" ", ""))
+    key = name.upper().replace("-", "").replace(" ", "")
+    known = CODE_SYSTEMS.get(key)
     if known:
         return known
+    table = _HL7_TABLE.fullmatch(key)
+    if table:  # any HL7-defined table (HL7nnnn) is published as a v2-nnnn code system
+        return f"http://terminology.hl7.org/CodeSystem/v2-{table.group(1)}"
     if name.lower().startswith(("http://", "https://", "urn:")):
         return name
     if re.fullmatch(r"\d+(\.\d+)+", name):
@@ -66,6 +74,7 @@ def code_system(name: str, ctx: MappingContext) -> str | None:
 
 
 def coding(code: str, display: str, system_name: str, ctx: MappingContext) -> dict[str, Any] | None:
+    code, display = " ".join(code.split()), display.strip()  # a FHIR code has no stray whitespace
     if not code and not display:
         return None
     out: dict[str, Any] = {}
@@ -111,8 +120,10 @@ def date_time(value: str) -> str | None:
     if not m:
         return None
     y, mo, d, h, mi, s, f, tz = (m.group(k) for k in ("y", "mo", "d", "h", "mi", "s", "f", "tz"))
-    if (mo and not 1 <= int(mo) <= 12) or (d and not 1 <= int(d) <= 31):
-        return None
+    if int(y) == 0 or (mo and not 1 <= int(mo) <= 12) or (d and not 1 <= int(d) <= 31):
+        return None  # year 0000 (a common "unknown" filler) is not a FHIR date
+    if d and mo and int(d) > calendar.monthrange(int(y), int(mo))[1]:
+        return None  # not on the calendar (2023-02-30)
     date = y + (f"-{mo}" if mo else "") + (f"-{d}" if mo and d else "")
     if not (h and d):
         return date
@@ -132,11 +143,11 @@ def instant(value: str) -> str | None:
 
 def identifier(rep: Repetition, ctx: MappingContext) -> dict[str, Any] | None:
     """CX (and EI/HD-bearing ids) → Identifier; assigning authority → system (OIDs as urn:oid)."""
-    value = rep.get(1)
+    value = rep.get(1).strip()
     if not value:
         return None
     out: dict[str, Any] = {"system": authority_system(rep, 4, ctx), "value": value}
-    type_code = rep.get(5)
+    type_code = rep.get(5).strip()
     if type_code:
         out["type"] = {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": type_code}]
@@ -260,7 +271,7 @@ def gender(code: str) -> str | None:
 def practitioner(rep: Repetition, ctx: MappingContext) -> dict[str, Any] | None:
     """XCN (id^family^given^middle^suffix^prefix^degree^source table^authority) → a Practitioner
     resource body (no id): identifier from XCN-1 with XCN-9 as authority, name from the rest."""
-    ident, family = rep.get(1), rep.get(2)
+    ident, family = rep.get(1).strip(), rep.get(2)
     if not ident and not family:
         return None
     body: dict[str, Any] = {"resourceType": "Practitioner"}
@@ -282,6 +293,18 @@ def practitioner(rep: Repetition, ctx: MappingContext) -> dict[str, Any] | None:
     if name:
         body["name"] = [name]
     return body
+
+
+def conditional_url(resource_type: str, system: str, value: str) -> str:
+    """``Type?identifier=system|value`` for a conditional upsert, with the FHIR search escapes
+    (``\\ , | $``) and percent-encoding a server's query parser undoes."""
+
+    def escaped(text: str) -> str:
+        for char in ("\\", ",", "|", "$"):
+            text = text.replace(char, "\\" + char)
+        return quote(text, safe=":/.-_~@")
+
+    return f"{resource_type}?identifier={escaped(system)}|{escaped(value)}"
 
 
 def require(segment: Segment | None, name: str, field: int = 0, what: str = "") -> Segment:
