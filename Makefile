@@ -63,8 +63,9 @@ contracts: setup ## The core never imports functions/ or infra/ (import-linter)
 synth: setup ## Synthesize the CloudFormation template (ENV=dev|prod) with cdk-nag
 	node_modules/.bin/cdk synth -q -c env=$(or $(ENV),dev)
 
-bench: setup ## Run the benchmarks in tests/bench; results go to tests/bench/results/
+bench: setup ## Run the quick benchmarks in tests/bench; results go to tests/bench/results/
 	$(PY) tests/bench/bench_cold_import.py
+	$(PY) tests/bench/bench_hl7v2.py
 
 lock: ## Re-pin Python dependencies (dev lock and the Lambda layer's) after editing pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml --extra local --extra infra --group dev --generate-hashes \

@@ -56,7 +56,13 @@ class EhrStack(Stack):
             key=self.encryption.data_key,
             config=config,
         )
-        self.documents = DocumentStore(self, "Documents", key=self.encryption.data_key, config=config)
+        self.documents = DocumentStore(
+            self,
+            "Documents",
+            key=self.encryption.data_key,
+            config=config,
+            messaging_key=self.encryption.messaging_key,
+        )
         self.identity = Identity(self, "Identity", config=config)
         self.compute = Compute(
             self,
@@ -67,6 +73,7 @@ class EhrStack(Stack):
             records=self.clinical_store,
             audit=self.audit,
             logs_key=self.encryption.logs_key,
+            documents=self.documents,
         )
         self.api = Api(
             self, "Api", config=config, functions=self.compute.functions, logs_key=self.encryption.logs_key
@@ -90,7 +97,11 @@ class EhrStack(Stack):
             access_log_group=self.api.access_log_group,
             functions=self.compute.functions,
             state_machines={"LabOrder": self.workflows.lab_order},
-            dead_letter_queues={**self.events.dead_letter_queues, **self.audit.dead_letter_queues},
+            dead_letter_queues={
+                **self.events.dead_letter_queues,
+                **self.audit.dead_letter_queues,
+                **self.documents.dead_letter_queues,
+            },
         )
 
         CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the API stage.")

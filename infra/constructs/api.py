@@ -14,7 +14,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from ehr import names
-from ehr.api.routes import FHIR_JSON, JSON, ROUTES, Route
+from ehr.api.routes import FHIR_JSON, HL7_ER7, JSON, ROUTES, Route
 from ehr.fhir.outcome import GATEWAY_RESPONSES, GatewayResponse
 from infra.config import RETENTION_DAYS, EnvironmentConfig
 from infra.constructs.compute import pascal
@@ -94,6 +94,9 @@ class Api(Construct):
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=removal,
             fail_on_warnings=True,
+            # HL7 v2 arrives in any 8-bit character set: passed through as bytes (base64 to the
+            # function), never re-encoded as UTF-8 text on the way.
+            binary_media_types=[HL7_ER7, "application/hl7-v2"],
             deploy_options=apigw.StageOptions(
                 stage_name=config.api_stage_name,
                 access_log_destination=apigw.LogGroupLogDestination(self.access_log_group),

@@ -18,13 +18,16 @@ from ehr.settings import (
     AuditArchiverSettings,
     AuthorizerSettings,
     DiscoverySettings,
+    DocumentVerifierSettings,
     FhirApiSettings,
+    Hl7v2InboundSettings,
     environment_for,
 )
 from infra.bundling import function_code, layer_code
 from infra.config import RETENTION_DAYS, EnvironmentConfig
 from infra.constructs.audit import AuditTrail
 from infra.constructs.clinical_store import ClinicalStore
+from infra.constructs.documents import DocumentStore
 from infra.constructs.identity import Identity
 from infra.constructs.nag import acknowledge
 
@@ -38,6 +41,8 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_DISCOVERY: DiscoverySettings,
     names.FN_AUTHORIZER: AuthorizerSettings,
     names.FN_AUDIT_ARCHIVER: AuditArchiverSettings,
+    names.FN_DOCUMENT_VERIFIER: DocumentVerifierSettings,
+    names.FN_HL7V2_INBOUND: Hl7v2InboundSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
 INVOKED_BY: Final[dict[str, str]] = {
@@ -46,14 +51,21 @@ INVOKED_BY: Final[dict[str, str]] = {
     names.FN_AUTHORIZER: "API Gateway's TOKEN authorizer before each authenticated request",
     names.FN_AUDIT_ARCHIVER: "the Lambda event source mapping of the audit table's DynamoDB stream "
     "(failed batches go to its on-failure SQS queue)",
+    names.FN_DOCUMENT_VERIFIER: "an EventBridge rule on the documents bucket's 'Object Created' events "
+    "(asynchronous; failed events go to its dead-letter queue)",
+    names.FN_HL7V2_INBOUND: "API Gateway's Lambda proxy integration of the HL7 v2 route",
 }
 
 # What each function talks to over the network, for the reason of the VPC acknowledgement.
 REACHES: Final[dict[str, str]] = {
-    names.FN_FHIR_API: "DynamoDB (and KMS through it) and X-Ray, over TLS with IAM",
+    names.FN_FHIR_API: "DynamoDB, S3 (the documents bucket), KMS through both, and X-Ray, over TLS with IAM",
+    names.FN_DOCUMENT_VERIFIER: "S3 (the documents bucket), DynamoDB, SQS (its dead-letter queue), KMS "
+    "through them, and X-Ray, over TLS with IAM",
     names.FN_DISCOVERY: "X-Ray only, over TLS with IAM",
     names.FN_AUTHORIZER: "X-Ray over TLS with IAM, and the token issuer's public JWKS over HTTPS",
     names.FN_AUDIT_ARCHIVER: "S3 (the audit archive bucket, and KMS through it) and X-Ray, over TLS with IAM",
+    names.FN_HL7V2_INBOUND: "DynamoDB, S3 (the documents bucket's message archive), KMS and X-Ray, "
+    "over TLS with IAM",
 }
 
 POWERTOOLS_ENVIRONMENT: Final = {
@@ -92,6 +104,7 @@ class Compute(Construct):
         records: ClinicalStore,
         audit: AuditTrail,
         logs_key: kms.IKey,
+        documents: DocumentStore | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if config.retain else RemovalPolicy.DESTROY
@@ -115,6 +128,8 @@ class Compute(Construct):
             "audit_table": audit.audit_table.table_name,
             "archive_bucket": audit.archive_bucket.bucket_name,
             "cursor_secret_name": records.cursor_secret.secret_name,
+            "documents_bucket": documents.bucket.bucket_name if documents else None,
+            "documents_key_arn": documents.key.key_arn if documents else None,
         }
 
         self.functions: dict[str, lambda_.Function] = {}
@@ -169,6 +184,8 @@ class Compute(Construct):
                 audit.grant_read(policy)
             if "cursor_secret_name" in model.model_fields:
                 records.grant_cursor_secret(policy)
+            if documents is not None and "documents_bucket" in model.model_fields:
+                documents.grant_documents(policy, write=fn != names.FN_DOCUMENT_VERIFIER)
 
             values = {k: v for k, v in available.items() if k in model.model_fields}
             function = lambda_.Function(
@@ -192,6 +209,8 @@ class Compute(Construct):
             function.node.add_dependency(policy)
             if "archive_bucket" in model.model_fields:
                 audit.attach_archiver(function, policy)
+            if documents is not None and fn == names.FN_DOCUMENT_VERIFIER:
+                documents.attach_verifier(function, policy)
             self._acknowledge(function, fn, config)
 
             self.functions[fn] = function
@@ -201,14 +220,15 @@ class Compute(Construct):
 
     @staticmethod
     def _acknowledge(function: lambda_.Function, fn: str, config: EnvironmentConfig) -> None:
-        acknowledge(
-            function,
-            f"The {fn} function is invoked only synchronously, by {INVOKED_BY[fn]}; a Lambda "
-            "dead-letter queue receives failed asynchronous invocations only, so it would stay "
-            "empty. Failures are returned to the caller and alarmed on (Errors metric).",
-            "HIPAA.Security-LambdaDLQ",
-            "Serverless-LambdaDLQ",
-        )
+        if fn != names.FN_DOCUMENT_VERIFIER:  # invoked asynchronously, with a dead-letter queue
+            acknowledge(
+                function,
+                f"The {fn} function is invoked only synchronously, by {INVOKED_BY[fn]}; a Lambda "
+                "dead-letter queue receives failed asynchronous invocations only, so it would stay "
+                "empty. Failures are returned to the caller and alarmed on (Errors metric).",
+                "HIPAA.Security-LambdaDLQ",
+                "Serverless-LambdaDLQ",
+            )
         acknowledge(
             function,
             f"The {fn} function calls {REACHES[fn]}; it exposes no network-reachable resource a VPC "

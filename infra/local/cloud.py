@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from ehr import names
 from ehr.audit_archive import ARCHIVE_LOCK_MODE, ARCHIVE_RETENTION_DAYS
 from ehr.events import schema as events
 from ehr.store import schema as store
+from infra.local import moto_fast_paths
+from infra.local.s3_server import LocalS3Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MOTO_CONFIG: dict[str, Any] = {
@@ -57,6 +60,7 @@ class LocalResources:
     lab_order_state_machine_arn: str
     cursor_secret_name: str
     archive_bucket: str
+    s3_endpoint: str = ""  # the loopback S3 server (presigned URLs), see infra/local/s3_server.py
 
 
 class LocalCloud:
@@ -69,7 +73,9 @@ class LocalCloud:
         self.prefix = prefix
         self._mock = mock_aws(config=MOTO_CONFIG)
         self._saved_env: dict[str, str | None] = {}
+        self._release_fast_paths: Callable[[], None] | None = None
         self.resources: LocalResources | None = None
+        self.s3_server: LocalS3Server | None = None
 
     def __enter__(self) -> LocalResources:
         return self.start()
@@ -89,11 +95,21 @@ class LocalCloud:
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         self._mock.start()
+        self._release_fast_paths = moto_fast_paths.install()
         self.resources = self._create()
+        # Presigned URLs need a real endpoint: moto's server on loopback, over the same backends.
+        self.s3_server = LocalS3Server(region=self.region, account=self.ACCOUNT)
+        self.resources.s3_endpoint = self.s3_server.start()
         return self.resources
 
     def stop(self) -> None:
+        if self.s3_server is not None:
+            self.s3_server.stop()
+            self.s3_server = None
         self._mock.stop()
+        if self._release_fast_paths is not None:
+            self._release_fast_paths()
+            self._release_fast_paths = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

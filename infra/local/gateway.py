@@ -27,9 +27,9 @@ FUNCTIONS_DIR = REPO_ROOT / "functions"
 STAGE = "local"
 API_ID = "local"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
-_TEXT_TYPES = re.compile(
-    r"^(text/|application/(.+\+)?(json|xml)|application/x-www-form-urlencoded|x-application/hl7)"
-)
+# Everything else reaches the function base64-encoded, as API Gateway does for the stack's
+# binary media types (HL7 v2 ER7) and for bodies that are not text.
+_TEXT_TYPES = re.compile(r"^(text/|application/(.+\+)?(json|xml)|application/x-www-form-urlencoded)")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ehr.settings import (
     AuditArchiverSettings,
     AuthorizerSettings,
     DiscoverySettings,
+    DocumentVerifierSettings,
     FhirApiSettings,
     environment_for,
 )
@@ -61,6 +62,15 @@ def function_environment(
             audit_table=resources.audit_table,
             cursor_secret_name=resources.cursor_secret_name,
             **auth,
+        ),
+        **environment_for(
+            DocumentVerifierSettings,
+            environment=auth["environment"],
+            records_table=resources.records_table,
+            audit_table=resources.audit_table,
+            documents_bucket=resources.documents_bucket,
+            documents_key_arn=resources.data_key_arn,
+            s3_endpoint=resources.s3_endpoint or None,
         ),
         **environment_for(
             AuditArchiverSettings, environment=auth["environment"], archive_bucket=resources.archive_bucket
@@ -186,6 +196,12 @@ class LocalPlatform:
         if self.seed:
             self.seeded = seed_demo_tenants(self.resources)
         self.gateway = LocalGateway(functions)
+        # S3 → EventBridge → document_verifier, as in the cloud: the local S3 server hands each
+        # object stored in the documents bucket to the real verifier handler.
+        if self.cloud.s3_server is not None:
+            self.cloud.s3_server.guard.notify[self.resources.documents_bucket] = lambda event: (
+                functions.invoke(names.FN_DOCUMENT_VERIFIER, event)
+            )
         # The audit table's stream feeds the real archiver, as the event source mapping does.
         self.audit_stream = StreamPoller(
             self.resources.audit_table,

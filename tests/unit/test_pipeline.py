@@ -10,13 +10,15 @@ from ehr import names
 from ehr.api.app import Api
 from ehr.api.discovery import build_discovery_api
 from ehr.api.fhir_api import build_fhir_api
+from ehr.api.hl7v2_api import build_hl7v2_api
 from ehr.api.http import HttpRequest
 from ehr.api.routes import ROUTES
-from ehr.bootstrap import bootstrap_fhir
+from ehr.bootstrap import bootstrap_fhir, bootstrap_hl7v2
 from ehr.fhir.cursors import CursorCodec
+from ehr.hl7v2.ports import InMemoryMessageArchive, InMemoryMessageLedger
 from ehr.security.audit import InMemoryAuditSink
 from ehr.security.tenancy import InMemoryTenantDirectory, new_tenant
-from ehr.settings import DiscoverySettings, FhirApiSettings
+from ehr.settings import DiscoverySettings, FhirApiSettings, Hl7v2InboundSettings
 from ehr.store.memory import InMemoryRecordStore
 from tests.conftest import load_event
 
@@ -157,10 +159,16 @@ def test_a_real_shaped_api_gateway_event_is_served(fhir_api, issuer):
     assert response["headers"]["X-Request-Id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
 
 
-def test_every_route_is_served_by_its_function(fhir_api, auth_settings):
+def test_every_route_is_served_by_its_function(fhir_api, fhir_settings, auth_settings):
     # A route in the table without an operation would be a 404 in production.
     discovery = build_discovery_api(DiscoverySettings(**auth_settings.model_dump()))
-    served = {names.FN_FHIR_API: fhir_api, names.FN_DISCOVERY: discovery}
+    hl7v2_settings = Hl7v2InboundSettings(**fhir_settings.model_dump())
+    hl7v2 = build_hl7v2_api(
+        *bootstrap_hl7v2(
+            hl7v2_settings, ledger=InMemoryMessageLedger(), archive=InMemoryMessageArchive(), **fakes()
+        )
+    )
+    served = {names.FN_FHIR_API: fhir_api, names.FN_DISCOVERY: discovery, names.FN_HL7V2_INBOUND: hl7v2}
     for route in ROUTES:
         assert route.function in served or route.function == names.FN_AUTHORIZER, route
         assert not served[route.function].missing_operations()

@@ -9,13 +9,23 @@ from typing import TYPE_CHECKING, Any
 from ehr.api.app import BearerAuthenticator
 from ehr.security.tenancy import TenantDirectory
 from ehr.security.tokens import KeySource, RemoteJwks, StaticJwks, TokenVerifier
-from ehr.settings import AuthSettings, FhirApiSettings
+from ehr.settings import (
+    AuthSettings,
+    DocumentSettings,
+    DocumentVerifierSettings,
+    FhirApiSettings,
+    Hl7v2InboundSettings,
+)
 
 if TYPE_CHECKING:
+    from ehr.documents.ports import DocumentStore
+    from ehr.documents.service import DocumentService
+    from ehr.documents.verify import UploadVerifier
     from ehr.fhir.bundles import BundleProcessor
     from ehr.fhir.cursors import CursorCodec
     from ehr.fhir.searching import SearchEngine
     from ehr.fhir.service import FhirService
+    from ehr.hl7v2.inbound import Hl7v2Inbound
     from ehr.security.audit import AuditSink
     from ehr.store.ports import RecordStore
 
@@ -45,6 +55,39 @@ class FhirServices:
     search: SearchEngine
     bundles: BundleProcessor
     audit: AuditSink
+    documents: DocumentService | None = None
+
+
+def document_store(settings: DocumentSettings) -> DocumentStore | None:
+    """The S3 document store the settings name, or None when no bucket is configured."""
+    if not settings.documents_bucket or not settings.documents_key_arn:
+        return None
+    from ehr.documents.s3 import S3DocumentStore
+
+    return S3DocumentStore(
+        settings.documents_bucket, settings.documents_key_arn, endpoint=settings.s3_endpoint
+    )
+
+
+def bootstrap_verifier(settings: DocumentVerifierSettings, **overrides: Any) -> UploadVerifier:
+    from ehr.documents.verify import UploadVerifier
+    from ehr.fhir.service import FhirService
+
+    store = overrides.get("store")
+    if store is None:
+        from ehr.store.dynamo import DynamoRecordStore
+
+        store = DynamoRecordStore(settings.records_table, host=settings.dynamodb_endpoint)
+    audit = overrides.get("audit")
+    if audit is None:
+        from ehr.store.audit_dynamo import DynamoAuditSink
+
+        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+    documents = overrides.get("documents") or document_store(settings)
+    if documents is None:
+        raise ValueError("the document verifier needs EHR_DOCUMENTS_BUCKET and EHR_DOCUMENTS_KEY_ARN")
+    # No document hook on this FhirService: the verifier alone moves docStatus after an upload.
+    return UploadVerifier(FhirService(store), documents, audit=audit)
 
 
 def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
@@ -73,7 +116,19 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         from ehr.store.audit_dynamo import DynamoAuditSink
 
         audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
-    fhir = FhirService(store)
+    from ehr.documents.service import DocumentService
+
+    objects = overrides.get("documents") or document_store(settings)
+    documents = (
+        DocumentService(
+            objects,
+            upload_seconds=settings.upload_url_seconds,
+            download_seconds=settings.download_url_seconds,
+        )
+        if objects is not None
+        else None
+    )
+    fhir = FhirService(store, documents=documents)
     search = SearchEngine(store, cursors)
     return FhirServices(
         settings=settings,
@@ -85,4 +140,34 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         search=search,
         bundles=BundleProcessor(fhir, search),
         audit=audit,
+        documents=documents,
     )
+
+
+def bootstrap_hl7v2(settings: Hl7v2InboundSettings, **overrides: Any) -> tuple[FhirServices, Hl7v2Inbound]:
+    """The FHIR services the HL7 v2 endpoint writes through, and the inbound service itself."""
+    from ehr.hl7v2.inbound import Hl7v2Inbound
+
+    services = bootstrap_fhir(settings, **overrides)
+    ledger = overrides.get("ledger")
+    if ledger is None:
+        from ehr.store.hl7_ledger import DynamoMessageLedger
+
+        ledger = DynamoMessageLedger(settings.records_table, host=settings.dynamodb_endpoint)
+    archive = overrides.get("archive")
+    if archive is None:
+        if not settings.documents_bucket:
+            raise ValueError("the HL7 v2 endpoint needs EHR_DOCUMENTS_BUCKET to archive messages")
+        from ehr.store.message_archive import S3MessageArchive
+
+        archive = S3MessageArchive(
+            settings.documents_bucket, kms_key_id=settings.documents_key_arn, endpoint=settings.s3_endpoint
+        )
+    inbound = Hl7v2Inbound(
+        bundles=services.bundles,
+        store=services.store,
+        ledger=ledger,
+        archive=archive,
+        lease_seconds=settings.hl7v2_lease_seconds,
+    )
+    return services, inbound

@@ -16,7 +16,16 @@ FN_FHIR_API: Final = "fhir_api"
 FN_DISCOVERY: Final = "discovery"
 FN_AUTHORIZER: Final = "authorizer"
 FN_AUDIT_ARCHIVER: Final = "audit_archiver"
-FUNCTIONS: Final = (FN_FHIR_API, FN_DISCOVERY, FN_AUTHORIZER, FN_AUDIT_ARCHIVER)
+FN_DOCUMENT_VERIFIER: Final = "document_verifier"
+FN_HL7V2_INBOUND: Final = "hl7v2_inbound"
+FUNCTIONS: Final = (
+    FN_FHIR_API,
+    FN_DISCOVERY,
+    FN_AUTHORIZER,
+    FN_AUDIT_ARCHIVER,
+    FN_DOCUMENT_VERIFIER,
+    FN_HL7V2_INBOUND,
+)
 HANDLER_ATTRIBUTE: Final = "lambda_handler"
 
 

@@ -16,7 +16,7 @@ from ehr import names
 
 ENV_PREFIX = "EHR_"
 # Settings only local mode sets (the cloud stack never does).
-LOCAL_ONLY_SETTINGS = frozenset({"jwks_json", "dynamodb_endpoint"})
+LOCAL_ONLY_SETTINGS = frozenset({"jwks_json", "dynamodb_endpoint", "s3_endpoint"})
 
 
 class AuthSettings(BaseSettings):
@@ -69,8 +69,46 @@ class FhirStoreSettings(StoreSettings):
     cursor_secret_name: str = Field(description="Secrets Manager secret whose value keys the paging cursors.")
 
 
-class FhirApiSettings(AuthSettings, FhirStoreSettings):
+class DocumentSettings(BaseSettings):
+    """Where clinical documents (DocumentReference attachments) live; see docs/documents.md."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    documents_bucket: str | None = Field(default=None, description="S3 bucket of document contents.")
+    documents_key_arn: str | None = Field(
+        default=None, description="KMS key (ARN) that encrypts document contents (SSE-KMS)."
+    )
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint override (local mode).")
+    upload_url_seconds: int = Field(default=600, ge=1, le=3600, description="Lifetime of presigned PUTs.")
+    download_url_seconds: int = Field(default=300, ge=1, le=3600, description="Lifetime of presigned GETs.")
+
+    @model_validator(mode="after")
+    def _bucket_and_key(self) -> Self:
+        if bool(self.documents_bucket) != bool(self.documents_key_arn):
+            raise ValueError("EHR_DOCUMENTS_BUCKET and EHR_DOCUMENTS_KEY_ARN are set together")
+        return self
+
+
+class FhirApiSettings(AuthSettings, FhirStoreSettings, DocumentSettings):
     """Settings of the FHIR REST function."""
+
+
+class Hl7v2InboundSettings(FhirApiSettings):
+    """Settings of the HL7 v2 inbound function: the FHIR store it writes to, and the documents
+    bucket whose ``{tenant}/_hl7v2/`` prefix archives every message with its ACK."""
+
+    hl7v2_lease_seconds: int = Field(
+        default=120,
+        ge=10,
+        le=900,
+        description="How long a message's processing claim holds before a resend may take it over.",
+    )
+
+
+class DocumentVerifierSettings(StoreSettings, DocumentSettings):
+    """Settings of the function that verifies uploaded documents when S3 reports a new object."""
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
 
 
 class DiscoverySettings(AuthSettings):

@@ -213,9 +213,23 @@ def test_ed_pdf_becomes_the_report_presented_form() -> None:
     # Given an OBX carrying a base64 PDF
     pdf = base64.b64encode(b"%PDF-1.4 tiny").decode()
     mapping = run(message(obx("ED", "11502-2^Lab report^LN", f"LAB^AP^PDF^Base64^{pdf}")))
-    # Then the report presents it inline, and no Observation is made of it
+    # Then the bytes go to a DocumentReference (the document store keeps them in S3) that the
+    # report's presented form points at, and no Observation is made of it
+    document = only(mapping, "DocumentReference")
+    attachment = document["content"][0]["attachment"]
+    assert attachment["data"] == pdf
+    assert attachment["contentType"] == "application/pdf"
+    assert attachment["size"] == len(b"%PDF-1.4 tiny")
     form = only(mapping, "DiagnosticReport")["presentedForm"]
-    assert form == [{"contentType": "application/pdf", "data": pdf, "title": "Lab report"}]
+    assert form == [
+        {
+            "contentType": "application/pdf",
+            "size": attachment["size"],
+            "hash": attachment["hash"],
+            "title": "Lab report",
+            "url": f"Binary/{document['id']}",
+        }
+    ]
     assert resources(mapping, "Observation") == []
 
 
@@ -228,7 +242,8 @@ def test_ed_that_is_not_base64_is_a_mapping_error() -> None:
 def test_one_megabyte_ed_maps_and_validates() -> None:
     payload = base64.b64encode(bytes(range(256)) * 3000).decode()
     mapping = run(message(obx("ED", "11502-2^Lab report^LN", f"LAB^AP^PDF^Base64^{payload}")))
-    assert only(mapping, "DiagnosticReport")["presentedForm"][0]["data"] == payload
+    assert only(mapping, "DocumentReference")["content"][0]["attachment"]["data"] == payload
+    assert "data" not in only(mapping, "DiagnosticReport")["presentedForm"][0]
     assert_valid(mapping)
 
 

@@ -14,6 +14,7 @@ from ehr import names
 from ehr.api.app import Api, RequestContext
 from ehr.api.http import HttpRequest, HttpResponse
 from ehr.bootstrap import FhirServices
+from ehr.documents.service import UPLOAD_URL_OPERATION, stored_attachment
 from ehr.fhir import jsonio
 from ehr.fhir.capability import capability_statement
 from ehr.fhir.outcome import (
@@ -71,6 +72,10 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
     def read(ctx: RequestContext) -> HttpResponse:
         resource_type, resource_id = type_and_id(ctx)
         ctx.audit.references.append(f"{resource_type}/{resource_id}")
+        if resource_type == "Binary" and services.documents is not None:
+            document = fhir.store.current(tenant(ctx), "DocumentReference", resource_id)
+            if document is not None and stored_attachment(document.body) is not None:
+                return document_content(ctx, resource_id)
         stored = fhir.read(tenant(ctx), resource_type, resource_id, access=access(ctx))
         ctx.audit.saw([stored])
         return resource_response(200, stored, ctx.request)
@@ -279,6 +284,33 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
             )
             ctx.audit.saw(page.resources)
             return HttpResponse.json(200, page.bundle)
+        raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
+
+    def document_content(ctx: RequestContext, document_id: str) -> HttpResponse:
+        """Binary/{id} of a stored document: authorised and audited here, the bytes from S3."""
+        assert services.documents is not None
+        reference = f"DocumentReference/{document_id}"
+        ctx.audit.references.append(reference)
+        stored = fhir.read(tenant(ctx), "DocumentReference", document_id, access=access(ctx))
+        ctx.audit.saw([stored])
+        url = services.documents.download_url(tenant(ctx), stored)
+        return HttpResponse(status=302, headers={"Location": url})
+
+    @api.operation("instanceOperationPost")
+    def instance_operation_post(ctx: RequestContext) -> HttpResponse:
+        resource_type, resource_id = type_and_id(ctx)
+        operation = ctx.request.path_params.get("operation", "")
+        if resource_type == "DocumentReference" and operation == UPLOAD_URL_OPERATION:
+            if services.documents is None:
+                raise not_supported("This deployment stores no documents.")
+            ctx.audit.subtype = "upload-url"
+            ctx.audit.action = "U"
+            ctx.audit.references.append(f"DocumentReference/{resource_id}")
+            require(ctx.identity, "u", "DocumentReference")
+            stored = fhir.read(tenant(ctx), "DocumentReference", resource_id, access=access(ctx))
+            access(ctx).check("u", stored)
+            ctx.audit.saw([stored])
+            return HttpResponse.json(200, services.documents.upload_parameters(tenant(ctx), stored))
         raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
 
     @api.operation("postBundle")

@@ -88,17 +88,27 @@ def _operation(route: Route) -> dict[str, Any]:
         {"$ref": "#/components/schemas/FhirResource"}
         if route.produces.endswith("fhir+json")
         else {"type": "object"}
+        if route.produces.endswith("json")
+        else {"type": "string"}
     )
     responses: dict[str, Any] = {
         "200": {"description": "OK", "content": {route.produces: {"schema": success_schema}}}
     }
-    for status, description in route.responses.items():
-        responses[str(status)] = {"description": description}
     errors = dict(_STANDARD_ERRORS)
     if route.auth:
         errors.update(_AUTH_ERRORS)
     for code, text in sorted(errors.items()):
         responses[code] = {"description": text, "content": error_content}
+    for status, description in route.responses.items():  # the route's own answers win
+        if status < 400:
+            responses[str(status)] = {"description": description}
+        elif route.produces.endswith("json"):
+            responses[str(status)] = {"description": description, "content": error_content}
+        else:  # e.g. an HL7 ACK answering a message that was refused
+            responses[str(status)] = {
+                "description": description,
+                "content": {route.produces: {"schema": success_schema}},
+            }
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,

@@ -14,6 +14,7 @@ from typing import Final
 from ehr import names
 
 FHIR_JSON: Final = "application/fhir+json"
+HL7_ER7: Final = "x-application/hl7-v2+er7"
 JSON: Final = "application/json"
 
 TYPE: Final = "/tenants/{tenant}/fhir/{type}"
@@ -166,9 +167,9 @@ ROUTES: Final[tuple[Route, ...]] = (
         INSTANCE,
         names.FN_FHIR_API,
         "read",
-        "Read the current version of a resource.",
+        "Read the current version of a resource; Binary/{id} of a stored document redirects to its content.",
         tags=("fhir",),
-        responses={410: "Deleted"},
+        responses={302: "Redirect to a presigned download URL (Binary of a stored document)", 410: "Deleted"},
     ),
     Route(
         "PUT",
@@ -223,6 +224,30 @@ ROUTES: Final[tuple[Route, ...]] = (
         "instanceOperation",
         "Run an operation on a resource: Patient/{id}/$everything.",
         tags=("fhir",),
+    ),
+    Route(
+        "POST",
+        f"{INSTANCE}/{{operation}}",
+        names.FN_FHIR_API,
+        "instanceOperationPost",
+        "Run an operation on a resource: DocumentReference/{id}/$upload-url (a presigned PUT).",
+        tags=("fhir",),
+        consumes=True,
+        responses={409: "The document's content is already uploaded or not expected"},
+    ),
+    Route(
+        "POST",
+        "/tenants/{tenant}/hl7v2",
+        names.FN_HL7V2_INBOUND,
+        "postHl7v2Message",
+        "Receive one HL7 v2 message (ER7) or a batch; answers with the HL7 ACK for each message.",
+        tags=("hl7v2",),
+        produces=HL7_ER7,
+        consumes=True,
+        responses={
+            400: "ACK AR: the message cannot be read",
+            503: "ACK AE: not processed now (store unavailable or a duplicate in progress); retry",
+        },
     ),
     Route(
         "GET",

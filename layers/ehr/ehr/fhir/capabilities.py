@@ -22,6 +22,9 @@ INTERACTIONS = (
 )
 NOT_SEARCHABLE = tuple(i for i in INTERACTIONS if i != "search-type")  # no search parameters in R4
 EVERYTHING = ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
+# POST DocumentReference/{id}/$upload-url: a presigned PUT for the declared content (docs/documents.md).
+UPLOAD_URL = ("upload-url", "urn:ehr:fhir:OperationDefinition:DocumentReference-upload-url")
+OPERATIONS = {"Patient": (EVERYTHING,), "DocumentReference": (UPLOAD_URL,)}
 # The audit trail is written by the server only and read by search (ehr.fhir.auditing).
 AUDIT_EVENT = ResourceCapability(
     type="AuditEvent",
@@ -57,7 +60,7 @@ def implemented() -> CapabilityRegistry:
                 conditional_create=resource_type in searchable,
                 conditional_update=resource_type in searchable,
                 conditional_delete="single" if resource_type in searchable else "not-supported",
-                operations=(EVERYTHING,) if resource_type == "Patient" else (),
+                operations=OPERATIONS.get(resource_type, ()),
             )
         )
     return registry

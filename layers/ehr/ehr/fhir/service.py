@@ -10,7 +10,7 @@ import copy
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import jsonpatch
 
@@ -27,6 +27,9 @@ from ehr.fhir.validation import known_resource_types, validate_resource
 from ehr.security.scopes import AccessPolicy, require
 from ehr.store.dynamo import now_instant
 from ehr.store.ports import ConflictError, IndexEntry, RecordStore, StoredResource, TooLargeError, Write
+
+if TYPE_CHECKING:
+    from ehr.documents.service import DocumentService
 
 HISTORY_DEFAULT_COUNT: Final = 50
 HISTORY_MAX_COUNT: Final = 1000
@@ -69,10 +72,14 @@ class FhirService:
         *,
         clock: Callable[[], str] = now_instant,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        documents: DocumentService | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.new_id = new_id
+        # DocumentReference attachments (ehr.documents): every write path (create, update, patch,
+        # batch and transaction entries) goes through ``prepare``, so each gets the same rules.
+        self.documents = documents
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -160,6 +167,13 @@ class FhirService:
             if exists and previous is not None:
                 access.check("u", previous)
             access.check("u" if exists else "c", stored_from_write(write))
+        if self.documents is not None and resource_type == "DocumentReference":
+            # After the scope checks, so refused writes store no bytes.
+            body = self.documents.prepare_write(tenant, resource_id, body, previous)
+            entries = frozenset(IndexEntry(t.param, t.key, t.sort, t.high, t.text) for t in index_terms(body))
+            write = Write(
+                resource_type, resource_id, version, operation, now, body, entries, compartments, previous
+            )
         return write
 
     def commit(self, tenant: str, writes: Sequence[Write], *, precondition: bool = False) -> None:

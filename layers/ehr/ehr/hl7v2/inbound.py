@@ -31,7 +31,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,12 @@ from ehr.hl7v2.ports import (
     MessageArchive,
     MessageLedger,
 )
+from ehr.labs import results
+from ehr.security.audit import AuditRecord, AuditSink
 
 if TYPE_CHECKING:
     from ehr.fhir.bundles import BundleProcessor
+    from ehr.labs.ports import LabOrders, WorkflowSignals
     from ehr.security.scopes import AccessPolicy
     from ehr.store.ports import RecordStore, StoredResource
 
@@ -107,6 +110,9 @@ class Hl7v2Inbound:
         archive: MessageArchive,
         clock: Callable[[], datetime] | None = None,
         lease_seconds: float = 120.0,
+        lab_orders: LabOrders | None = None,
+        signals: WorkflowSignals | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self._bundles = bundles
         self._store = store
@@ -114,8 +120,20 @@ class Hl7v2Inbound:
         self._archive = archive
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lease_seconds = lease_seconds
+        # Lab results are correlated with the orders the lab workflow sent (ehr.labs.results).
+        self._lab_orders = lab_orders
+        self._signals = signals
+        self._audit = audit
 
-    def receive(self, tenant: str, payload: bytes, *, access: AccessPolicy | None, base: str) -> InboundReply:
+    def receive(
+        self,
+        tenant: str,
+        payload: bytes,
+        *,
+        access: AccessPolicy | None,
+        base: str,
+        sender_kind: str = "",
+    ) -> InboundReply:
         if len(payload) > MAX_MESSAGE_BYTES:
             outcome = self._reject(
                 None, f"The request is larger than {MAX_MESSAGE_BYTES // (1024 * 1024)} MB.", "207", 413
@@ -126,7 +144,7 @@ class Hl7v2Inbound:
         if not messages:
             outcome = self._reject(None, "The request holds no HL7 v2 message.", "100", 400)
             return InboundReply(400, outcome.ack, [outcome])
-        outcomes = [self._one(tenant, m, access=access, base=base) for m in messages]
+        outcomes = [self._one(tenant, m, access=access, base=base, kind=sender_kind) for m in messages]
         body = acks.batch([o.ack for o in outcomes], envelope=envelope, now=self._clock())
         if len(outcomes) == 1:
             status = outcomes[0].http_status
@@ -145,7 +163,9 @@ class Hl7v2Inbound:
 
     # -- one message ---------------------------------------------------------------------------
 
-    def _one(self, tenant: str, text: str, *, access: AccessPolicy | None, base: str) -> MessageOutcome:
+    def _one(
+        self, tenant: str, text: str, *, access: AccessPolicy | None, base: str, kind: str = ""
+    ) -> MessageOutcome:
         try:
             message = er7.parse(text)
         except er7.Er7Error as error:
@@ -192,7 +212,15 @@ class Hl7v2Inbound:
             return self._duplicate(message, existing, digest)
         try:
             outcome = self._process(
-                tenant, message, ctx, text=text, digest=digest, warnings=warnings, access=access, base=base
+                tenant,
+                message,
+                ctx,
+                text=text,
+                digest=digest,
+                warnings=warnings,
+                access=access,
+                base=base,
+                kind=kind,
             )
         except TransientError:
             self._ledger.release(tenant, ctx.sender, message.control_id)
@@ -213,6 +241,7 @@ class Hl7v2Inbound:
         warnings: list[AckIssue],
         access: AccessPolicy | None,
         base: str,
+        kind: str = "",
     ) -> MessageOutcome:
         received = ctx.received
         folder = (
@@ -220,7 +249,9 @@ class Hl7v2Inbound:
             f"{_safe(message.control_id)}-{digest[:12]}"
         )
         self._archive_put(tenant, f"{folder}/message.hl7", text.encode("utf-8"), ER7)
-        outcome = self._map_and_commit(tenant, message, ctx, folder, warnings, access=access, base=base)
+        outcome = self._map_and_commit(
+            tenant, message, ctx, folder, warnings, access=access, base=base, kind=kind
+        )
         record = {
             "tenant": tenant,
             "sender": ctx.sender,
@@ -276,18 +307,46 @@ class Hl7v2Inbound:
         *,
         access: AccessPolicy | None,
         base: str,
+        kind: str = "",
     ) -> MessageOutcome:
+        order = None
+        if self._lab_orders is not None and message.message_type == "ORU":
+            order = results.correlate(message, tenant, self._lab_orders)
+        filing_ctx = replace(ctx, tenant=order.tenant) if order is not None else ctx
         try:
-            mapping = map_message(message, ctx)
+            mapping = map_message(message, filing_ctx)
         except UnsupportedMessageError as error:
             return self._answer(message, acks.REJECT, error.reason, [_issue(error), *warnings], 200)
         except MappingError as error:
             return self._answer(message, acks.ERROR, error.reason, [_issue(error), *warnings], 200)
         warnings = [*warnings, *(_warning(w) for w in mapping.warnings)]
-        bundle = self._with_provenance(mapping, message, ctx, folder)
-        processor = self._bundles.bind(access)
+        if order is not None:
+            # Results of an order this platform sent: filed in the ordering clinic's chart, on
+            # the order's patient, with the authority of the order (the lab's token is its own).
+            ordered = self._store.current(order.tenant, "ServiceRequest", order.service_request_id)
+            subject = (ordered.body or {}).get("subject") if ordered is not None else None
+            mapping = replace(
+                mapping,
+                bundle=results.file_in_order(
+                    mapping.bundle, order, subject if isinstance(subject, dict) else None
+                ),
+            )
+        elif self._lab_orders is not None and message.message_type == "ORU" and kind == "lab":
+            mapping = replace(mapping, bundle=results.with_review_task(mapping.bundle, ctx.sender))
+            warnings.append(
+                AckIssue(
+                    "The results match no order sent to this lab; they are kept for review.",
+                    code="204",
+                    severity="W",
+                    segment="OBR",
+                    field=2,
+                )
+            )
+        bundle = self._with_provenance(mapping, message, filing_ctx, folder)
+        processor = self._bundles.bind(None if order is not None else access)
+        filing_tenant = order.tenant if order is not None else tenant
         try:
-            response = processor.process(tenant, bundle, base=base)
+            response = processor.process(filing_tenant, bundle, base=base)
         except OperationOutcomeError as error:
             if error.status >= 500 or error.status == 429:
                 raise TransientError(error.code) from error
@@ -295,6 +354,10 @@ class Hl7v2Inbound:
         except (ConnectionError, TimeoutError) as error:
             raise TransientError(type(error).__name__) from error
         references = _written(response)
+        if order is not None:
+            self._record_filing(order.tenant, processor.touched, references, access)
+            if self._signals is not None and self._lab_orders is not None:
+                results.resume(self._lab_orders, self._signals, order, results.summary(response, bundle))
         merged_count = 0
         for survivor, merged in mapping.merges:
             try:
@@ -317,6 +380,35 @@ class Hl7v2Inbound:
         outcome.references = references
         outcome.touched = list(processor.touched)
         return outcome
+
+    def _record_filing(
+        self,
+        tenant: str,
+        touched: Sequence[StoredResource],
+        references: Sequence[str],
+        access: AccessPolicy | None,
+    ) -> None:
+        """The ordering clinic's own audit record of results a lab wrote into its chart."""
+        if self._audit is None:
+            return
+        identity = access.identity if access is not None else None
+        patients = sorted({p for r in touched for p in r.compartments})
+        self._audit.record(
+            AuditRecord(
+                id=str(uuid.uuid4()),
+                tenant=tenant,
+                recorded=self._clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                action="C",
+                subtype="hl7v2-lab-result",
+                outcome="0",
+                status=200,
+                client_id=identity.client_id if identity else None,
+                user=identity.subject if identity else None,
+                entities=tuple(references[:1000]),
+                patients=tuple(patients[:1000]),
+                resource_type="Bundle",
+            )
+        )
 
     def _with_provenance(
         self, mapping: Mapping, message: er7.Message, ctx: MappingContext, folder: str

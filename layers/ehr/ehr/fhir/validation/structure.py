@@ -403,7 +403,7 @@ class Walker:
                 where,
                 f"{where}: {shown} is not a valid {fhir_type}" + (f"; {hint}." if hint else "."),
             )
-        elif len(value) > MAX_STRING:
+        elif len(value) > MAX_STRING and fhir_type != "base64Binary":  # the 1 MB rule is for strings
             issues.add("value", where, f"{where}: is longer than FHIR allows ({MAX_STRING} characters).")
         if fhir_type in URI_TYPES and value.startswith("#") and len(value) > 1:
             scope.uri_targets.add(value[1:])

@@ -22,11 +22,14 @@ NTE after an OBX → ``Observation.note``; NTE after the OBR (R4 DiagnosticRepor
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
+import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ehr.documents.service import SHA256_EXTENSION
 from ehr.hl7v2.er7 import Message, Repetition, Segment
 from ehr.hl7v2.mapping import Mapping, MappingContext, MappingError, Warning_, adt
 from ehr.hl7v2.mapping import datatypes as dt
@@ -548,9 +551,56 @@ def _map_order(order: _Order, key: _Key, ctx: MappingContext, b: _Builder) -> No
     conclusion = "\n".join(t for n in order.notes if (t := _text(n, 3)))
     if conclusion:
         report["conclusion"] = conclusion
+    report_url = b.ctx.full_url("DiagnosticReport", key.key.get("system", ""), key.key["value"])
     if forms:
-        report["presentedForm"] = forms
+        report["presentedForm"] = [
+            _document(form, n, key=key, report_url=report_url, subject=subject, b=b)
+            if "data" in form
+            else form
+            for n, form in enumerate(forms, start=1)
+        ]
     b.upsert("DiagnosticReport", key.key, report)
+
+
+def _document(
+    form: dict[str, Any], n: int, *, key: _Key, report_url: str, subject: dict[str, str], b: _Builder
+) -> dict[str, Any]:
+    """An embedded file (ED) is filed as a DocumentReference whose bytes the document store keeps
+    (S3, KMS) and verifies; ``presentedForm`` points at its content (``Binary/{id}``), so a 1 MB PDF
+    never sits inside the DiagnosticReport item. The id is derived from the report and the form's
+    place, so a resend or a correction addresses the same document (same bytes: unchanged)."""
+    raw = base64.b64decode(form["data"])
+    sha1 = base64.b64encode(hashlib.sha1(raw).digest()).decode("ascii")  # noqa: S324 - FHIR R4 Attachment.hash
+    sha256 = base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii")
+    document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{b.ctx.tenant}|{key.key['value']}|presentedForm|{n}"))
+    attachment = {
+        "contentType": form["contentType"],
+        "data": form["data"],
+        "size": len(raw),
+        "hash": sha1,
+        "extension": [{"url": SHA256_EXTENSION, "valueBase64Binary": sha256}],
+    }
+    if form.get("title"):
+        attachment["title"] = form["title"]
+    document = {
+        "resourceType": "DocumentReference",
+        "id": document_id,
+        "status": "current",
+        "subject": subject,
+        "description": form.get("title") or "Report form sent by the lab (HL7 v2 OBX ED)",
+        "content": [{"attachment": attachment}],
+        "context": {"related": [{"reference": report_url}]},
+    }
+    b.add(
+        {
+            "fullUrl": f"urn:uuid:{document_id}",
+            "resource": document,
+            "request": {"method": "PUT", "url": f"DocumentReference/{document_id}"},
+        }
+    )
+    out = {k: v for k, v in attachment.items() if k not in ("data", "extension")}
+    out["url"] = f"Binary/{document_id}"
+    return out
 
 
 def _observation_key(
