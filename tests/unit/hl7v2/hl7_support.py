@@ -138,6 +138,6 @@ def adt_a04(control_id: str = "MSG-1", mrn: str = "12345", family: str = "TESTPA
             f"MSH|^~\\&|REGADT|GOOD HEALTH|EHR|ACME|20240101120000||ADT^A04^ADT_A01|{control_id}|P|2.5.1",
             "EVN|A04|20240101120000",
             f"PID|1||{mrn}^^^GHH^MR||{family}^ALEX^J||19800101|F|||1 MAIN ST^^SPRINGFIELD^IL^62701",
-            "PV1|1|O|CLINIC^101^1||||1234^DOCTOR^DANA|||||||||||V-1",
+            "PV1|1|O|CLINIC^101^1||||1234^DOCTOR^DANA||||||||||||V-1",
         ]
     )

@@ -190,3 +190,34 @@ def test_each_request_leaves_one_audit_record_naming_what_was_written(lab: Endpo
     patient = lab.search("acme-lab", "Patient", "identifier=aud1")[0]
     assert f"Patient/{patient['id']}" in records[0].entities
     assert patient["id"] in records[0].patients
+
+
+def test_a_merge_links_the_records_and_moves_references_to_the_survivor(lab: Endpoint) -> None:
+    # Given two registrations of one person, the second with a visit
+    assert lab.post(adt_a04(control_id="M-1", mrn="keep1")).code == "AA"
+    assert lab.post(adt_a04(control_id="M-2", mrn="gone1").replace("|||V-1", "|||V-M2")).code == "AA"
+    survivor = lab.search("acme-lab", "Patient", "identifier=keep1")[0]
+    merged = lab.search("acme-lab", "Patient", "identifier=gone1")[0]
+    visits = lab.search("acme-lab", "Encounter", f"subject=Patient/{merged['id']}")
+    assert len(visits) == 1
+    # When an ADT^A40 merges the second into the first
+    a40 = "\r".join(
+        [
+            "MSH|^~\\&|REGADT|GOOD HEALTH|EHR|ACME|20240102120000||ADT^A40^ADT_A39|M-3|P|2.5.1",
+            "EVN|A40|20240102120000",
+            "PID|1||keep1^^^GHH^MR||TESTPATIENT^ALEX^J||19800101|F",
+            "MRG|gone1^^^GHH^MR",
+        ]
+    )
+    ack = lab.post(a40)
+    # Then both records point at each other, and the visit now belongs to the survivor
+    assert ack.code == "AA", ack.text
+    assert "references moved" in ack.first("MSA")[3]
+    merged_now = lab.search("acme-lab", "Patient", "identifier=gone1")[0]
+    survivor_now = lab.search("acme-lab", "Patient", "identifier=keep1")[0]
+    assert merged_now["active"] is False
+    assert {"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"} in merged_now["link"]
+    assert any(link["type"] == "replaces" for link in survivor_now["link"])
+    assert lab.search("acme-lab", "Encounter", f"subject=Patient/{merged['id']}") == []
+    moved = lab.search("acme-lab", "Encounter", f"subject=Patient/{survivor['id']}")
+    assert visits[0]["id"] in {e["id"] for e in moved}
