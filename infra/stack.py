@@ -64,6 +64,7 @@ class EhrStack(Stack):
             messaging_key=self.encryption.messaging_key,
         )
         self.identity = Identity(self, "Identity", config=config)
+        self.events = Events(self, "Events", config=config, messaging_key=self.encryption.messaging_key)
         self.compute = Compute(
             self,
             "Functions",
@@ -73,12 +74,13 @@ class EhrStack(Stack):
             records=self.clinical_store,
             audit=self.audit,
             logs_key=self.encryption.logs_key,
+            messaging_key=self.encryption.messaging_key,
+            events=self.events,
             documents=self.documents,
         )
         self.api = Api(
             self, "Api", config=config, functions=self.compute.functions, logs_key=self.encryption.logs_key
         )
-        self.events = Events(self, "Events", config=config, messaging_key=self.encryption.messaging_key)
         self.workflows = Workflows(
             self,
             "Workflows",
@@ -86,8 +88,18 @@ class EhrStack(Stack):
             project_root=project_root,
             bus=self.events.bus,
             logs_key=self.encryption.logs_key,
+            messaging_key=self.encryption.messaging_key,
+            lab_workflow=self.compute.functions[names.FN_LAB_WORKFLOW],
         )
-        self.events.route({"lab_order_state_machine": self.workflows.lab_order})
+        # The workflow's own steps, and the HL7 endpoint when a result arrives, resume a waiting
+        # execution; only the workflow's steps sign orders with the partners' secrets.
+        for fn in (names.FN_LAB_WORKFLOW, names.FN_HL7V2_INBOUND):
+            self.workflows.grant_task_response(self.compute.policies[fn])
+        self.workflows.grant_partner_secrets(self.compute.policies[names.FN_LAB_WORKFLOW])
+        self.events.route(
+            state_machines={"lab_order_state_machine": self.workflows.lab_order},
+            functions={"lab_workflow_function": self.compute.functions[names.FN_LAB_WORKFLOW]},
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -101,6 +113,9 @@ class EhrStack(Stack):
                 **self.events.dead_letter_queues,
                 **self.audit.dead_letter_queues,
                 **self.documents.dead_letter_queues,
+                **self.clinical_store.dead_letter_queues,
+                **self.compute.dead_letter_queues,
+                **self.workflows.dead_letter_queues,
             },
         )
 

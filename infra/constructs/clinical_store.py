@@ -7,11 +7,14 @@ from typing import Final
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ehr.store.schema import RECORDS_TABLE
 from infra.config import EnvironmentConfig
+from infra.constructs.change_feed import ChangeFeed
 from infra.constructs.nag import acknowledge
 from infra.constructs.tables import LEADING_KEYS_CONDITION, build_table, table_key_statement
 
@@ -36,10 +39,13 @@ RECORDS_KEY_ACTIONS: Final = (
     "kms:ReEncryptTo",
     "kms:DescribeKey",
 )
+CHANGE_DEAD_LETTERS: Final = "RecordChanges"
 
 
 class ClinicalStore(Construct):
-    """``records_table``, built from ``ehr.store.schema.RECORDS_TABLE`` (its stream included)."""
+    """``records_table``, built from ``ehr.store.schema.RECORDS_TABLE`` (its stream included),
+    ``cursor_secret``, and ``change_feed`` (the stream's consumer wiring and its failure queue),
+    whose queue is in ``dead_letter_queues`` for monitoring."""
 
     def __init__(
         self, scope: Construct, construct_id: str, *, key: kms.IKey, config: EnvironmentConfig
@@ -65,6 +71,14 @@ class ClinicalStore(Construct):
             "AwsSolutions-SMG4",
             "HIPAA.Security-SecretsManagerRotationEnabled",
         )
+        self.change_feed = ChangeFeed(self, "ChangeFeed", key=key, config=config)
+        self.dead_letter_queues: dict[str, sqs.IQueue] = {
+            CHANGE_DEAD_LETTERS: self.change_feed.dead_letter_queue
+        }
+
+    def attach_change_publisher(self, function: lambda_.IFunction, policy: iam.ManagedPolicy) -> None:
+        """Feed the records table's stream to ``function``; its ``policy`` gets only what that takes."""
+        self.change_feed.attach(self.records_table, function, policy)
 
     def grant_read_write(self, policy: iam.ManagedPolicy) -> None:
         """Item reads and writes on tenant-shaped keys (``T#...#...``), and use of the table's key."""

@@ -9,7 +9,9 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 from pydantic_settings import BaseSettings
 
@@ -17,19 +19,24 @@ from ehr import names
 from ehr.settings import (
     AuditArchiverSettings,
     AuthorizerSettings,
+    ChangePublisherSettings,
     DiscoverySettings,
     DocumentVerifierSettings,
     FhirApiSettings,
     Hl7v2InboundSettings,
+    LabWorkflowSettings,
     environment_for,
 )
 from infra.bundling import function_code, layer_code
 from infra.config import RETENTION_DAYS, EnvironmentConfig
 from infra.constructs.audit import AuditTrail
+from infra.constructs.audit_archive import via_service
 from infra.constructs.clinical_store import ClinicalStore
 from infra.constructs.documents import DocumentStore
+from infra.constructs.events import Events
 from infra.constructs.identity import Identity
 from infra.constructs.nag import acknowledge
+from infra.constructs.queues import dead_letter_queue
 
 # The newest Python runtime this aws-cdk-lib knows; cdk-nag's AwsSolutions-L1 accepts only that one.
 RUNTIME: Final = lambda_.Runtime.PYTHON_3_14
@@ -43,6 +50,8 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_AUDIT_ARCHIVER: AuditArchiverSettings,
     names.FN_DOCUMENT_VERIFIER: DocumentVerifierSettings,
     names.FN_HL7V2_INBOUND: Hl7v2InboundSettings,
+    names.FN_LAB_WORKFLOW: LabWorkflowSettings,
+    names.FN_CHANGE_PUBLISHER: ChangePublisherSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
 INVOKED_BY: Final[dict[str, str]] = {
@@ -54,6 +63,10 @@ INVOKED_BY: Final[dict[str, str]] = {
     names.FN_DOCUMENT_VERIFIER: "an EventBridge rule on the documents bucket's 'Object Created' events "
     "(asynchronous; failed events go to its dead-letter queue)",
     names.FN_HL7V2_INBOUND: "API Gateway's Lambda proxy integration of the HL7 v2 route",
+    names.FN_LAB_WORKFLOW: "the lab-order state machine's Lambda tasks (synchronously) and the "
+    "LabOrderCancelled EventBridge rule (asynchronously; failed events go to its on-failure SQS queue)",
+    names.FN_CHANGE_PUBLISHER: "the Lambda event source mapping of the records table's DynamoDB stream "
+    "(failed batches go to its on-failure SQS queue)",
 }
 
 # What each function talks to over the network, for the reason of the VPC acknowledgement.
@@ -64,9 +77,27 @@ REACHES: Final[dict[str, str]] = {
     names.FN_DISCOVERY: "X-Ray only, over TLS with IAM",
     names.FN_AUTHORIZER: "X-Ray over TLS with IAM, and the token issuer's public JWKS over HTTPS",
     names.FN_AUDIT_ARCHIVER: "S3 (the audit archive bucket, and KMS through it) and X-Ray, over TLS with IAM",
-    names.FN_HL7V2_INBOUND: "DynamoDB, S3 (the documents bucket's message archive), KMS and X-Ray, "
-    "over TLS with IAM",
+    names.FN_HL7V2_INBOUND: "DynamoDB, S3 (the documents bucket's message archive), Step Functions "
+    "(SendTaskSuccess to resume a waiting lab order), KMS and X-Ray, over TLS with IAM",
+    names.FN_LAB_WORKFLOW: "DynamoDB, Secrets Manager (the cursor and lab partner secrets), Step "
+    "Functions (SendTaskSuccess), SQS (its on-failure queue), KMS through them and X-Ray, over TLS "
+    "with IAM, and the partner labs' webhooks over HTTPS (each request HMAC-signed, each answer an "
+    "HL7 ACK)",
+    names.FN_CHANGE_PUBLISHER: "DynamoDB Streams (the records table's), EventBridge (the platform bus), "
+    "SQS (its on-failure queue), KMS through them, and X-Ray, over TLS with IAM",
 }
+
+# Functions that an EventBridge rule invokes asynchronously: what their on-failure queue holds.
+# Lambda retries a failed asynchronous event ASYNC_RETRY_ATTEMPTS times within ASYNC_MAX_EVENT_AGE,
+# then sends it, with the error, to that queue (an EventInvokeConfig on-failure destination).
+ASYNC_FAILURES: Final[dict[str, str]] = {
+    names.FN_LAB_WORKFLOW: "LabOrderCancelled events (tenant and ServiceRequest id) the lab_workflow "
+    "function failed to process after Lambda's retries, with the error",
+}
+ASYNC_RETRY_ATTEMPTS: Final = 2
+ASYNC_MAX_EVENT_AGE: Final = Duration.hours(6)
+DEAD_LETTER_ACTIONS: Final = ("sqs:SendMessage",)
+DEAD_LETTER_KEY_ACTIONS: Final = ("kms:GenerateDataKey", "kms:Decrypt")
 
 POWERTOOLS_ENVIRONMENT: Final = {
     "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
@@ -85,12 +116,16 @@ def pascal(name: str) -> str:
 
 class Compute(Construct):
     """``layer`` (the ``ehr`` core + dependencies) and, keyed by function name: ``functions``,
-    ``roles``, ``policies`` (each role's single customer-managed policy) and ``log_groups``.
+    ``roles``, ``policies`` (each role's single customer-managed policy) and ``log_groups``;
+    ``async_configs`` and ``dead_letter_queues`` (keyed by construct id, for monitoring) of the
+    functions in ``ASYNC_FAILURES``.
 
     Grants follow the settings model: a function whose settings name ``records_table`` may read
     and write records, one whose settings name ``audit_table`` may append and read audit events,
-    one whose settings name ``archive_bucket`` consumes the audit stream into the archive; the
-    others touch no data.
+    one whose settings name ``archive_bucket`` consumes the audit stream into the archive, one
+    whose settings name ``event_bus_name`` may put events on the platform bus; ``change_publisher``
+    consumes the records stream. The others touch no data. Grants that name the lab-order state
+    machine are added by ``Workflows`` once it exists (the stack wires them).
     """
 
     def __init__(
@@ -104,6 +139,8 @@ class Compute(Construct):
         records: ClinicalStore,
         audit: AuditTrail,
         logs_key: kms.IKey,
+        messaging_key: kms.IKey,
+        events: Events,
         documents: DocumentStore | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -130,12 +167,15 @@ class Compute(Construct):
             "cursor_secret_name": records.cursor_secret.secret_name,
             "documents_bucket": documents.bucket.bucket_name if documents else None,
             "documents_key_arn": documents.key.key_arn if documents else None,
+            "event_bus_name": events.bus.event_bus_name,
         }
 
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
         self.policies: dict[str, iam.ManagedPolicy] = {}
         self.log_groups: dict[str, logs.LogGroup] = {}
+        self.async_configs: dict[str, lambda_.EventInvokeConfig] = {}
+        self.dead_letter_queues: dict[str, sqs.IQueue] = {}
 
         for fn in names.FUNCTIONS:
             model = SETTINGS[fn]
@@ -186,6 +226,8 @@ class Compute(Construct):
                 records.grant_cursor_secret(policy)
             if documents is not None and "documents_bucket" in model.model_fields:
                 documents.grant_documents(policy, write=fn != names.FN_DOCUMENT_VERIFIER)
+            if "event_bus_name" in model.model_fields:
+                events.grant_put_events(policy)
 
             values = {k: v for k, v in available.items() if k in model.model_fields}
             function = lambda_.Function(
@@ -211,6 +253,10 @@ class Compute(Construct):
                 audit.attach_archiver(function, policy)
             if documents is not None and fn == names.FN_DOCUMENT_VERIFIER:
                 documents.attach_verifier(function, policy)
+            if fn == names.FN_CHANGE_PUBLISHER:
+                records.attach_change_publisher(function, policy)
+            if fn in ASYNC_FAILURES:
+                self._configure_async(fn, function, policy, key=messaging_key, config=config)
             self._acknowledge(function, fn, config)
 
             self.functions[fn] = function
@@ -218,9 +264,51 @@ class Compute(Construct):
             self.policies[fn] = policy
             self.log_groups[fn] = log_group
 
+    def _configure_async(
+        self,
+        fn: str,
+        function: lambda_.Function,
+        policy: iam.ManagedPolicy,
+        *,
+        key: kms.IKey,
+        config: EnvironmentConfig,
+    ) -> None:
+        """Retries and an on-failure SQS destination for ``fn``'s asynchronous invocations."""
+        fid = pascal(fn)
+        queue = dead_letter_queue(self, f"{fid}DeadLetters", holds=ASYNC_FAILURES[fn], key=key, config=config)
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="SendFailedAsyncEvents", actions=list(DEAD_LETTER_ACTIONS), resources=[queue.queue_arn]
+            ),
+            via_service(key, "sqs", DEAD_LETTER_KEY_ACTIONS),
+        )
+        # The destination's grant would go to the role, which takes none: the policy above has it.
+        invoke_config = lambda_.EventInvokeConfig(
+            self,
+            f"{fid}AsyncInvokeConfig",
+            function=function,
+            retry_attempts=ASYNC_RETRY_ATTEMPTS,
+            max_event_age=ASYNC_MAX_EVENT_AGE,
+            on_failure=destinations.SqsDestination(queue),
+        )
+        # Lambda checks that the role may send to the destination when the config is created.
+        invoke_config.node.add_dependency(policy)
+        self.async_configs[fn] = invoke_config
+        self.dead_letter_queues[fid] = queue
+
     @staticmethod
     def _acknowledge(function: lambda_.Function, fn: str, config: EnvironmentConfig) -> None:
-        if fn != names.FN_DOCUMENT_VERIFIER:  # invoked asynchronously, with a dead-letter queue
+        if fn in ASYNC_FAILURES:
+            acknowledge(
+                function,
+                f"The {fn} function is invoked by {INVOKED_BY[fn]}. A failed asynchronous event is "
+                f"retried {ASYNC_RETRY_ATTEMPTS} times, then sent with its error to that SQS queue through "
+                "an EventInvokeConfig on-failure destination, which keeps more context than a Lambda DLQ "
+                "(DeadLetterConfig) would; synchronous failures go back to the caller.",
+                "HIPAA.Security-LambdaDLQ",
+                "Serverless-LambdaDLQ",
+            )
+        elif fn != names.FN_DOCUMENT_VERIFIER:  # invoked asynchronously, with a dead-letter queue
             acknowledge(
                 function,
                 f"The {fn} function is invoked only synchronously, by {INVOKED_BY[fn]}; a Lambda "
@@ -233,7 +321,13 @@ class Compute(Construct):
             function,
             f"The {fn} function calls {REACHES[fn]}; it exposes no network-reachable resource a VPC "
             "would shield, and inside a VPC it would need a NAT gateway or interface endpoints to "
-            "reach the same services.",
+            "reach the same services"
+            + (
+                " (partner webhooks are per-tenant HTTPS URLs, so egress could only be narrowed by a "
+                "NAT gateway plus an allow-list kept in step with partner onboarding)."
+                if fn == names.FN_LAB_WORKFLOW
+                else "."
+            ),
             "HIPAA.Security-LambdaInsideVPC",
         )
         if fn not in config.reserved_concurrency:

@@ -125,6 +125,11 @@ class Monitoring(Construct):
                 machine.metric_failed(period=PERIOD, statistic="Sum"),
                 f"A {name} workflow execution failed.",
             )
+            alarm(
+                f"{name}ExecutionsTimedOut",
+                machine.metric_timed_out(period=PERIOD, statistic="Sum"),
+                f"A {name} workflow execution timed out.",
+            )
         for name, queue in queues.items():
             alarm(
                 f"{name}DeadLetters",

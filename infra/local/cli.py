@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from types import FrameType
 
 import click
@@ -35,13 +36,44 @@ def main() -> None:
 @click.option(
     "--no-seed", is_flag=True, help="Start without the demo tenants clinic-a, clinic-b and acme-lab."
 )
-def local(host: str, port: int, no_seed: bool) -> None:
+@click.option(
+    "--no-lab-simulator",
+    is_flag=True,
+    help="Do not start the simulated lab (acme-lab) that answers lab orders with results.",
+)
+@click.option(
+    "--lab-result-timeout",
+    type=click.IntRange(1, 365 * 24 * 3600),
+    default=None,
+    help="Seconds a lab order waits for results before it is put on hold [default: 259200 (72 h)].",
+)
+@click.option(
+    "--lab-delay",
+    type=click.FloatRange(0, 600),
+    default=1.0,
+    show_default=True,
+    help="Seconds the simulated lab takes before it sends results.",
+)
+def local(  # noqa: PLR0917 - one parameter per option, as click passes them
+    host: str,
+    port: int,
+    no_seed: bool,
+    no_lab_simulator: bool,
+    lab_result_timeout: int | None,
+    lab_delay: float,
+) -> None:
     """Serve the API with the real Lambda handlers and AWS emulated in-process."""
     from infra.local.platform import LocalPlatform  # moto is slow to import; `ehr token` skips it
 
     _log_to_stderr()
     issuer = DevIssuer()
-    platform = LocalPlatform(issuer=issuer, seed=not no_seed)
+    platform = LocalPlatform(
+        issuer=issuer,
+        seed=not no_seed,
+        lab_simulator=not no_lab_simulator,
+        lab_result_timeout=lab_result_timeout,
+        lab_delay=lab_delay,
+    )
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -54,7 +86,7 @@ def local(host: str, port: int, no_seed: bool) -> None:
     except OSError as exc:
         platform.stop()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    _print_banner(base, platform.seeded, issuer)
+    _print_banner(base, platform.seeded, issuer, platform.lab_url)
     try:
         while not stop.wait(0.5):
             pass
@@ -72,9 +104,11 @@ def _log_to_stderr() -> None:
     local_logger.addHandler(handler)
     local_logger.setLevel(logging.INFO)
     local_logger.propagate = False
+    # Metrics are disabled locally; Powertools still warns once per handler that none were added.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
-def _print_banner(base: str, seeded: list[str], issuer: DevIssuer) -> None:
+def _print_banner(base: str, seeded: list[str], issuer: DevIssuer, lab_url: str = "") -> None:
     echo = click.echo
     echo("Serverless EHR is running locally (AWS emulated in-process with moto).")
     echo(f"  API base      {base}")
@@ -93,6 +127,9 @@ def _print_banner(base: str, seeded: list[str], issuer: DevIssuer) -> None:
             echo(f"  export {var}='{token}'")
         echo("")
         echo(f"Backend Services (client_credentials + private_key_jwt): token endpoint {base}/auth/token")
+        echo(f"HL7 v2 (ER7, ACKs): POST {base}/tenants/acme-lab/hl7v2 with acme-lab's token")
+        if lab_url:
+            echo(f"Lab simulator (acme-lab) receives lab orders at {lab_url}; see docs/lab-workflow.md")
         echo("")
         echo("Try:")
         echo(f'  curl -H "Authorization: Bearer $EHR_TOKEN_CLINIC_A" {base}/tenants/clinic-a/fhir/metadata')
@@ -213,6 +250,76 @@ def mllp_bridge(port: int, host: str, target: str, token_file: str, timeout: flo
     finally:
         click.echo("Stopping…", err=True)
         server.stop()
+        click.echo("Stopped.", err=True)
+
+
+@main.command("lab-simulator")
+@click.option(
+    "--port", required=True, type=click.IntRange(0, 65535), help="Port to listen on (0 picks a free one)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--platform", "platform_url", required=True, help="The platform's base URL, e.g. http://127.0.0.1:8080."
+)
+@click.option(
+    "--secret-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the HMAC secret shared with the platform (surrounding whitespace ignored).",
+)
+@click.option(
+    "--delay",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="Seconds between an order and its first result (follow-ups come 3 times as long after).",
+)
+def lab_simulator(port: int, host: str, platform_url: str, secret_file: str, delay: float) -> None:
+    """Play the demo lab acme-lab: take signed ORM^O01 orders on POST /orders, answer ACKs, and post
+    ORU^R01 results to the platform. `simulate=<scenario>` in an order's note picks what happens
+    (normal, abnormal, critical, preliminary-final, corrected, reject, silent); see
+    docs/lab-simulator.md. Tokens come from the local development issuer ($EHR_HOME, as `ehr local`).
+    """
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from infra.local.lab_simulator import LAB_TENANT, LabSimulator
+
+    url = urlsplit(platform_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise click.BadParameter("an http:// or https:// URL", param_hint="--platform")
+    secret = Path(secret_file).read_bytes().strip()
+    if not secret:
+        raise click.BadParameter("the file is empty", param_hint="--secret-file")
+    _log_to_stderr()
+    issuer = DevIssuer()
+    simulator = LabSimulator(
+        platform=platform_url,
+        secret=secret,
+        token=lambda: issuer.mint(
+            tenant=LAB_TENANT, scope="system/*.cruds", client_id=f"{LAB_TENANT}-system"
+        ),
+        delay=delay,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        webhook_url = simulator.start(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    click.echo(f"Lab simulator listening on {webhook_url} → {simulator.platform}")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        click.echo("Stopping…", err=True)
+        simulator.stop()
         click.echo("Stopped.", err=True)
 
 

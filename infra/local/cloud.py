@@ -7,12 +7,14 @@ a pattern or a flow.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,10 @@ class LocalResources:
     cursor_secret_name: str
     archive_bucket: str
     s3_endpoint: str = ""  # the loopback S3 server (presigned URLs), see infra/local/s3_server.py
+    lab_workflow_function_arn: str = ""
+    lab_order_dead_letter_queue_url: str = ""
+    # Emulated Lambda function name -> the folder under functions/ whose handler serves it.
+    function_names: dict[str, str] = field(default_factory=dict)
 
 
 class LocalCloud:
@@ -202,15 +208,41 @@ class LocalCloud:
             RoleName=f"{self.prefix}-workflows",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
+        # The functions the state machine and the rules invoke exist in the emulated Lambda; their
+        # invocations run the real handlers (infra/local/bridges.py).
+        function_names: dict[str, str] = {}
+        function_arns: dict[str, str] = {}
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("README", "served in-process by ehr local")
+        for function in (names.FN_LAB_WORKFLOW,):
+            name = f"{self.prefix}-{function}"
+            function_arns[function] = self.client("lambda").create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role_arn,
+                Handler=names.handler_path(function),
+                Code={"ZipFile": code.getvalue()},
+            )["FunctionArn"]
+            function_names[name] = function
+        lab_dlq_url = sqs.create_queue(QueueName=f"{self.prefix}-lab-order-dlq")["QueueUrl"]
         definition = render_asl(
             REPO_ROOT / names.LAB_ORDER_ASL,
-            {"EventBusName": bus_name, "EventSource": names.EVENT_SOURCE},
+            {
+                "EventBusName": bus_name,
+                "EventSource": names.EVENT_SOURCE,
+                "LabWorkflowFunctionArn": function_arns[names.FN_LAB_WORKFLOW],
+                "DeadLetterQueueUrl": lab_dlq_url,
+            },
         )
         state_machine_arn = self.client("stepfunctions").create_state_machine(
             name=f"{self.prefix}-lab-order", definition=definition, roleArn=role_arn, type="STANDARD"
         )["stateMachineArn"]
 
-        targets = {"lab_order_state_machine": state_machine_arn}
+        targets = {
+            "lab_order_state_machine": state_machine_arn,
+            "lab_workflow_function": function_arns[names.FN_LAB_WORKFLOW],
+        }
         for rule in events.RULES:
             eventbridge.put_rule(
                 Name=f"{self.prefix}-{rule.logical_id}",
@@ -250,4 +282,7 @@ class LocalCloud:
             lab_order_state_machine_arn=state_machine_arn,
             cursor_secret_name=cursor_secret,
             archive_bucket=archive_bucket,
+            lab_workflow_function_arn=function_arns[names.FN_LAB_WORKFLOW],
+            lab_order_dead_letter_queue_url=lab_dlq_url,
+            function_names=function_names,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,17 +13,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import boto3
+
 from ehr import names
 from ehr.security.tenancy import new_tenant
 from ehr.settings import (
     AuditArchiverSettings,
     AuthorizerSettings,
+    ChangePublisherSettings,
     DiscoverySettings,
     DocumentVerifierSettings,
     FhirApiSettings,
+    LabWorkflowSettings,
     environment_for,
 )
 from ehr.store.tenants import DynamoTenantDirectory
+from infra.local import bridges
 from infra.local.audit_stream import StreamPoller
 from infra.local.backend_services import (
     TokenEndpoint,
@@ -36,12 +42,17 @@ from infra.local.gateway import MAX_BODY_BYTES, GatewayResult, LocalFunctions, L
 from infra.local.issuer import DevIssuer
 
 TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
+LAB_PARTNER = "acme-lab"
 access_log = logging.getLogger("ehr_local.access")
 log = logging.getLogger("ehr_local")
 
 
 def function_environment(
-    resources: LocalResources, issuer: DevIssuer, token_endpoint: str | None = None
+    resources: LocalResources,
+    issuer: DevIssuer,
+    token_endpoint: str | None = None,
+    *,
+    lab_result_timeout: int | None = None,
 ) -> dict[str, str]:
     """Every function's environment, built from its settings model as the CDK stack does."""
     auth: dict[str, Any] = {
@@ -75,6 +86,17 @@ def function_environment(
         **environment_for(
             AuditArchiverSettings, environment=auth["environment"], archive_bucket=resources.archive_bucket
         ),
+        **environment_for(
+            LabWorkflowSettings,
+            environment=auth["environment"],
+            records_table=resources.records_table,
+            audit_table=resources.audit_table,
+            cursor_secret_name=resources.cursor_secret_name,
+            lab_result_timeout_seconds=lab_result_timeout,
+        ),
+        **environment_for(
+            ChangePublisherSettings, environment=auth["environment"], event_bus_name=resources.event_bus_name
+        ),
         "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -97,6 +119,67 @@ def seed_demo_clients() -> dict[str, Path]:
             register_client(client_id, tenant_id, "system/*.cruds", jwks)
         keys[client_id] = key_path
     return keys
+
+
+def seed_lab_partner(resources: LocalResources, webhook_url: str, secret: bytes) -> None:
+    """Every demo clinic sends lab orders to acme-lab: its partner record (webhook and HMAC
+    secret) and, in the clinic's chart, the lab's Organization (``urn:ehr:partner|acme-lab``)."""
+    from ehr.fhir.bundles import BundleProcessor
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+    from ehr.labs.ports import Partner
+    from ehr.store.dynamo import DynamoRecordStore
+    from ehr.store.lab_orders import DynamoPartners
+    from ehr.store.secrets import secret_bytes
+
+    store = DynamoRecordStore(resources.records_table)
+    bundles = BundleProcessor(
+        FhirService(store),
+        SearchEngine(store, CursorCodec(lambda: secret_bytes(resources.cursor_secret_name))),
+    )
+    partners = DynamoPartners(resources.records_table)
+    secrets_manager = boto3.client("secretsmanager", region_name=resources.region)
+    for tenant_id, kind, _ in names.DEMO_TENANTS:
+        if kind != "clinic":
+            continue
+        secret_name = names.partner_secret_name(tenant_id, LAB_PARTNER)
+        try:
+            secrets_manager.create_secret(Name=secret_name, SecretString=secret.decode())
+        except secrets_manager.exceptions.ResourceExistsException:
+            secrets_manager.put_secret_value(SecretId=secret_name, SecretString=secret.decode())
+        partners.register(tenant_id, Partner(LAB_PARTNER, webhook_url, secret_name, "ACMELAB"))
+        organization = {
+            "resourceType": "Organization",
+            "identifier": [{"system": names.PARTNER_SYSTEM, "value": LAB_PARTNER}],
+            "active": True,
+            "type": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}
+                    ],
+                    "text": "Laboratory",
+                }
+            ],
+            "name": "ACME Laboratory (demo partner)",
+        }
+        bundles.process(
+            tenant_id,
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "resource": organization,
+                        "request": {
+                            "method": "PUT",
+                            "url": f"Organization?identifier={names.PARTNER_SYSTEM}|{LAB_PARTNER}",
+                        },
+                    }
+                ],
+            },
+            base="",
+        )
 
 
 def seed_demo_tenants(resources: LocalResources) -> list[str]:
@@ -172,9 +255,24 @@ class _Handler(BaseHTTPRequestHandler):
 class LocalPlatform:
     """Start with ``start()``; ``stop()`` shuts the server and the emulation down."""
 
-    def __init__(self, *, issuer: DevIssuer | None = None, seed: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: DevIssuer | None = None,
+        seed: bool = True,
+        lab_simulator: bool = True,
+        lab_result_timeout: int | None = None,
+        lab_delay: float = 1.0,
+    ) -> None:
         self.issuer = issuer or DevIssuer()
         self.seed = seed
+        self.with_lab_simulator = lab_simulator
+        self.lab_result_timeout = lab_result_timeout
+        self.lab_delay = lab_delay
+        self.lab_simulator: Any = None
+        self.lab_url = ""
+        self.records_stream: StreamPoller | None = None
+        self._restore_bridges: Any = None
         self.cloud = LocalCloud()
         self.resources: LocalResources | None = None
         self.seeded: list[str] = []
@@ -188,7 +286,10 @@ class LocalPlatform:
     def boot(self, *, token_endpoint: str | None = None) -> LocalGateway:
         """Emulated AWS, function environments, handlers loaded, demo tenants seeded."""
         self.resources = self.cloud.start()
-        for key, value in function_environment(self.resources, self.issuer, token_endpoint).items():
+        environment = function_environment(
+            self.resources, self.issuer, token_endpoint, lab_result_timeout=self.lab_result_timeout
+        )
+        for key, value in environment.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         functions = LocalFunctions()
@@ -202,6 +303,17 @@ class LocalPlatform:
             self.cloud.s3_server.guard.notify[self.resources.documents_bucket] = lambda event: (
                 functions.invoke(names.FN_DOCUMENT_VERIFIER, event)
             )
+        # Step Functions' Lambda tasks and EventBridge's Lambda/state-machine targets run the
+        # real handlers (infra/local/bridges.py).
+        self._restore_bridges = bridges.install(functions.invoke, self.resources.function_names)
+        # The records table's stream feeds the change publisher (events on the bus, which start
+        # lab-order workflows), as the event source mapping does in the cloud.
+        self.records_stream = StreamPoller(
+            self.resources.records_table,
+            lambda event: functions.invoke(names.FN_CHANGE_PUBLISHER, event),
+            region=self.resources.region,
+        )
+        self.records_stream.start(interval=0.3)
         # The audit table's stream feeds the real archiver, as the event source mapping does.
         self.audit_stream = StreamPoller(
             self.resources.audit_table,
@@ -221,11 +333,41 @@ class LocalPlatform:
         handler.gateway = self.boot(token_endpoint=base + TOKEN_PATH)
         if self.seed:
             self.demo_clients = seed_demo_clients()
+            if self.with_lab_simulator:
+                self.start_lab_simulator(base, host)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ehr-local-http", daemon=True)
         self._thread.start()
         return base
 
+    def start_lab_simulator(self, base: str, host: str = "127.0.0.1") -> str:
+        """The demo lab (acme-lab) on a free port; every demo clinic's partner record points at it."""
+        from infra.local.lab_simulator import LabSimulator
+
+        assert self.resources is not None
+        secret = secrets.token_hex(32).encode()
+        issuer = self.issuer
+        self.lab_simulator = LabSimulator(
+            platform=base,
+            secret=secret,
+            token=lambda: issuer.mint(
+                tenant=LAB_PARTNER, scope="system/*.cruds", client_id="acme-lab-system"
+            ),
+            delay=self.lab_delay,
+        )
+        url: str = self.lab_simulator.start(host, 0)
+        seed_lab_partner(self.resources, url, secret)
+        self.lab_url = url
+        return url
+
     def stop(self) -> None:
+        if self.lab_simulator is not None:
+            self.lab_simulator.stop()
+            self.lab_simulator = None
+        if self.records_stream is not None:
+            self.records_stream.stop()
+        if self._restore_bridges is not None:
+            self._restore_bridges()
+            self._restore_bridges = None
         if self.audit_stream is not None:
             self.audit_stream.stop()
         if self._server is not None:

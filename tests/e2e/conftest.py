@@ -46,14 +46,16 @@ class LocalServer:
         return result.stdout.strip()
 
 
-def start_local_server(home: Path, extra_env: dict[str, str] | None = None) -> LocalServer:
+def start_local_server(
+    home: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> LocalServer:
     """`ehr local` on a free port with its own EHR_HOME, once its banner says Ready."""
     log_path = home / "server.log"
     env = {**os.environ, "EHR_HOME": str(home), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     port = free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [str(BIN / "ehr"), "local", "--port", str(port)],
+            [str(BIN / "ehr"), "local", "--port", str(port), *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=log,

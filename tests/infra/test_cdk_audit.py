@@ -111,8 +111,11 @@ def test_the_archive_bucket_denies_requests_without_tls(any_env) -> None:
 
 def test_the_stream_feeds_the_archiver_with_bisection_retries_and_a_failure_queue(any_env) -> None:
     audit = any_env.stack.audit
-    (mapping,) = any_env.of_type("AWS::Lambda::EventSourceMapping").values()
-    mapping = mapping["Properties"]
+    (mapping,) = [
+        m["Properties"]
+        for m in any_env.of_type("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0] == any_env.logical_id(audit.audit_table)
+    ]
     assert mapping == props(any_env, audit.archive.stream_mapping)
     assert mapping["EventSourceArn"] == {"Fn::GetAtt": [any_env.logical_id(audit.audit_table), "StreamArn"]}
     assert mapping["FunctionName"] == {

@@ -28,15 +28,21 @@ def test_state_machine_logs_all_events_and_traces(any_env) -> None:
 
 
 def test_state_machine_definition_is_the_asl_file_with_substitutions(any_env) -> None:
-    props = any_env.resources[any_env.logical_id(any_env.stack.workflows.lab_order)]["Properties"]
+    workflows = any_env.stack.workflows
+    props = any_env.resources[any_env.logical_id(workflows.lab_order)]["Properties"]
     assert props["DefinitionSubstitutions"] == {
         "EventBusName": {"Ref": any_env.logical_id(any_env.stack.events.bus)},
         "EventSource": names.EVENT_SOURCE,
+        "LabWorkflowFunctionArn": {
+            "Fn::GetAtt": [any_env.logical_id(any_env.stack.compute.functions[names.FN_LAB_WORKFLOW]), "Arn"]
+        },
+        "DeadLetterQueueUrl": {"Ref": any_env.logical_id(workflows.dead_letters)},
     }
+    assert set(props["DefinitionSubstitutions"]) == set(names.LAB_ORDER_SUBSTITUTIONS)
     assert "DefinitionS3Location" in props  # DefinitionBody.from_file ships the file as an asset
 
 
-def test_state_machine_may_put_events_on_the_bus_only(any_env) -> None:
+def test_state_machine_puts_events_on_the_bus_only_and_touches_no_data(any_env) -> None:
     policy = any_env.resources[any_env.logical_id(any_env.stack.workflows.policy)]["Properties"]
     statements = policy["PolicyDocument"]["Statement"]
     events = [
@@ -45,8 +51,14 @@ def test_state_machine_may_put_events_on_the_bus_only(any_env) -> None:
     assert len(events) == 1
     assert events[0]["Action"] == "events:PutEvents"
     assert events[0]["Resource"] == {"Fn::GetAtt": [any_env.logical_id(any_env.stack.events.bus), "Arn"]}
+    # It invokes its step function and dead-letters orders (test_cdk_lab_workflow.py), nothing else:
+    # no other workflow, no table, no secret.
     assert not any(
-        "states:" in json.dumps(s["Action"]) or "dynamodb:" in json.dumps(s["Action"]) for s in statements
+        any(
+            service in json.dumps(s["Action"])
+            for service in ("states:", "dynamodb:", "secretsmanager:", "s3:")
+        )
+        for s in statements
     )
 
 
@@ -56,7 +68,9 @@ def test_bus_is_archived(any_env) -> None:
     assert archive["SourceArn"] == {"Fn::GetAtt": [any_env.logical_id(any_env.stack.events.bus), "Arn"]}
 
 
-@pytest.mark.parametrize("definition", RULES, ids=lambda d: d.logical_id)
+@pytest.mark.parametrize(
+    "definition", [r for r in RULES if r.target == "lab_order_state_machine"], ids=lambda d: d.logical_id
+)
 def test_rule_targets_its_state_machine_with_retries_and_a_dead_letter_queue(any_env, definition) -> None:
     events = any_env.stack.events
     rule = any_env.resources[any_env.logical_id(events.rules[definition.logical_id])]["Properties"]
@@ -92,8 +106,9 @@ def test_queues_and_topic_refuse_plain_http(any_env) -> None:
 
 def test_alarms_cover_api_functions_workflow_and_dead_letters(any_env) -> None:
     alarms = any_env.stack.monitoring.alarms
-    expected = {"Api5xx", "ApiThrottled", "LabOrderExecutionsFailed"}
+    expected = {"Api5xx", "ApiThrottled", "LabOrderExecutionsFailed", "LabOrderExecutionsTimedOut"}
     expected |= {f"{fn.title().replace('_', '')}Throttles" for fn in names.FUNCTIONS}
+    expected |= {f"{fn.title().replace('_', '')}Errors" for fn in names.FUNCTIONS}
     expected |= {f"{rule.logical_id}DeadLetters" for rule in RULES}
     assert expected <= set(alarms)
     topic = {"Ref": any_env.logical_id(any_env.stack.monitoring.topic)}

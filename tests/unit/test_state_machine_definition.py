@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
@@ -49,8 +50,32 @@ def test_every_task_retries_and_catches():
 
 def test_every_substitution_is_provided():
     used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", ASL.read_text()))
-    assert used == {"EventBusName", "EventSource"}
-    rendered = render_asl(ASL, {"EventBusName": "bus", "EventSource": "src"})
+    assert used == set(names.LAB_ORDER_SUBSTITUTIONS)
+    rendered = render_asl(ASL, {name: "x" for name in names.LAB_ORDER_SUBSTITUTIONS})
     assert "${" not in rendered
     with pytest.raises(KeyError, match="EventSource"):
-        render_asl(ASL, {"EventBusName": "bus"})
+        render_asl(ASL, {name: "x" for name in names.LAB_ORDER_SUBSTITUTIONS if name != "EventSource"})
+
+
+def test_every_lambda_step_is_a_step_the_workflow_function_runs():
+    from ehr.labs.workflow import LabWorkflow
+
+    steps = {
+        state["Parameters"]["Payload"]["step"]
+        for state in states(json.loads(ASL.read_text())).values()
+        if state["Type"] == "Task" and "lambda:invoke" in state["Resource"]
+    }
+    assert steps == {"claim", "send", "await", "revoke", "hold", "cancel", "complete", "escalate", "fail"}
+    source = inspect.getsource(LabWorkflow.run)
+    assert all(f'"{step}"' in source for step in steps)
+
+
+def test_every_task_result_the_choices_read_is_produced():
+    # The Choice states read $.order.outcome, $.delivery.accepted, $.result.*, $.completed.critical:
+    # each comes from a ResultSelector/ResultPath of an earlier Task.
+    definition = json.loads(ASL.read_text())
+    produced = {state.get("ResultPath") for state in states(definition).values() if state["Type"] == "Task"}
+    for state in states(definition).values():
+        for choice in state.get("Choices", []):
+            variable = choice["Variable"]
+            assert any(variable.startswith(f"{path}.") for path in produced if path), variable

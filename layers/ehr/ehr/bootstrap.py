@@ -15,6 +15,7 @@ from ehr.settings import (
     DocumentVerifierSettings,
     FhirApiSettings,
     Hl7v2InboundSettings,
+    LabWorkflowSettings,
 )
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ehr.fhir.searching import SearchEngine
     from ehr.fhir.service import FhirService
     from ehr.hl7v2.inbound import Hl7v2Inbound
+    from ehr.labs.workflow import LabWorkflow
     from ehr.security.audit import AuditSink
     from ehr.store.ports import RecordStore
 
@@ -163,11 +165,73 @@ def bootstrap_hl7v2(settings: Hl7v2InboundSettings, **overrides: Any) -> tuple[F
         archive = S3MessageArchive(
             settings.documents_bucket, kms_key_id=settings.documents_key_arn, endpoint=settings.s3_endpoint
         )
+    lab_orders = overrides.get("lab_orders")
+    if lab_orders is None:
+        from ehr.store.lab_orders import DynamoLabOrders
+
+        lab_orders = DynamoLabOrders(settings.records_table, host=settings.dynamodb_endpoint)
+    signals = overrides.get("signals")
+    if signals is None:
+        from ehr.labs.stepfunctions import StepFunctionsSignals
+
+        signals = StepFunctionsSignals()
     inbound = Hl7v2Inbound(
         bundles=services.bundles,
         store=services.store,
         ledger=ledger,
         archive=archive,
         lease_seconds=settings.hl7v2_lease_seconds,
+        lab_orders=lab_orders,
+        signals=signals,
+        audit=services.audit,
     )
     return services, inbound
+
+
+def bootstrap_lab_workflow(settings: LabWorkflowSettings, **overrides: Any) -> LabWorkflow:
+    """The lab-order workflow's steps on the records table (and the document store, if any)."""
+    from functools import partial
+
+    from ehr.fhir.bundles import BundleProcessor
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+    from ehr.labs import webhook
+    from ehr.labs.workflow import LabWorkflow
+
+    store = overrides.get("store")
+    if store is None:
+        from ehr.store.dynamo import DynamoRecordStore
+
+        store = DynamoRecordStore(settings.records_table, host=settings.dynamodb_endpoint)
+    cursors = overrides.get("cursors")
+    secret = overrides.get("secret")
+    if cursors is None or secret is None:
+        from ehr.store.secrets import secret_bytes
+
+        cursors = cursors or CursorCodec(lambda: secret_bytes(settings.cursor_secret_name))
+        secret = secret or secret_bytes
+    orders = overrides.get("lab_orders")
+    partners = overrides.get("partners")
+    if orders is None or partners is None:
+        from ehr.store.lab_orders import DynamoLabOrders, DynamoPartners
+
+        orders = orders or DynamoLabOrders(settings.records_table, host=settings.dynamodb_endpoint)
+        partners = partners or DynamoPartners(settings.records_table, host=settings.dynamodb_endpoint)
+    signals = overrides.get("signals")
+    if signals is None:
+        from ehr.labs.stepfunctions import StepFunctionsSignals
+
+        signals = StepFunctionsSignals()
+    fhir = FhirService(store)
+    return LabWorkflow(
+        store=store,
+        bundles=BundleProcessor(fhir, SearchEngine(store, cursors)),
+        orders=orders,
+        partners=partners,
+        signals=signals,
+        secret=secret,
+        result_timeout_seconds=settings.lab_result_timeout_seconds,
+        deliver=overrides.get("deliver")
+        or partial(webhook.deliver, timeout=settings.webhook_timeout_seconds),
+    )

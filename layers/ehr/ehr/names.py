@@ -18,6 +18,8 @@ FN_AUTHORIZER: Final = "authorizer"
 FN_AUDIT_ARCHIVER: Final = "audit_archiver"
 FN_DOCUMENT_VERIFIER: Final = "document_verifier"
 FN_HL7V2_INBOUND: Final = "hl7v2_inbound"
+FN_LAB_WORKFLOW: Final = "lab_workflow"
+FN_CHANGE_PUBLISHER: Final = "change_publisher"
 FUNCTIONS: Final = (
     FN_FHIR_API,
     FN_DISCOVERY,
@@ -25,6 +27,8 @@ FUNCTIONS: Final = (
     FN_AUDIT_ARCHIVER,
     FN_DOCUMENT_VERIFIER,
     FN_HL7V2_INBOUND,
+    FN_LAB_WORKFLOW,
+    FN_CHANGE_PUBLISHER,
 )
 HANDLER_ATTRIBUTE: Final = "lambda_handler"
 
@@ -37,8 +41,24 @@ def handler_path(function: str) -> str:
 # Event bus and event sources.
 EVENT_SOURCE: Final = "ehr.platform"
 
-# The lab-order workflow definition, one file for CDK and local mode.
+# The lab-order workflow definition, one file for CDK and local mode, and its substitutions.
 LAB_ORDER_ASL: Final = "statemachines/lab_order.asl.json"
+LAB_ORDER_SUBSTITUTIONS: Final = (
+    "EventBusName",
+    "EventSource",
+    "LabWorkflowFunctionArn",
+    "DeadLetterQueueUrl",
+)
+
+# Lab partners: the identifier system of a partner's Organization in each clinic, and where the
+# HMAC secrets that sign order webhooks live (Secrets Manager, one secret per tenant and partner).
+PARTNER_SYSTEM: Final = "urn:ehr:partner"
+PARTNER_SECRET_PREFIX: Final = "ehr/partners/"  # noqa: S105 - a name prefix, not a secret
+
+
+def partner_secret_name(tenant: str, partner: str) -> str:
+    return f"{PARTNER_SECRET_PREFIX}{tenant}/{partner}"
+
 
 # Local development identity provider.
 LOCAL_ISSUER: Final = "urn:ehr:local-dev-issuer"

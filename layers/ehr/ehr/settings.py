@@ -105,6 +105,30 @@ class Hl7v2InboundSettings(FhirApiSettings):
     )
 
 
+class LabWorkflowSettings(FhirStoreSettings):
+    """Settings of the lab-order workflow's step function (statemachines/lab_order.asl.json)."""
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    lab_result_timeout_seconds: int = Field(
+        default=72 * 3600,
+        ge=1,
+        le=365 * 24 * 3600,
+        description="How long an order waits for results before it is put on hold (default 72 h).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Timeout of one delivery to a lab partner's webhook."
+    )
+
+
+class ChangePublisherSettings(BaseSettings):
+    """Settings of the function that turns the records table's stream into events on the bus."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    event_bus_name: str = Field(description="EventBridge bus the platform's change events go to.")
+
+
 class DocumentVerifierSettings(StoreSettings, DocumentSettings):
     """Settings of the function that verifies uploaded documents when S3 reports a new object."""
 

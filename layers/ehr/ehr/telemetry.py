@@ -25,6 +25,16 @@ def outcome_metric(operation_id: str, status: int) -> str:
     return f"{operation_id[:1].upper()}{operation_id[1:]}{event}"
 
 
+def metrics_enabled() -> bool:
+    return os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() != "true"
+
+
+def count(metrics: Metrics, name: str, value: float = 1) -> None:
+    """Add to a ``<Subject><Event>`` count metric (nothing when metrics are disabled, as locally)."""
+    if metrics_enabled():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
 def count_requests(metrics: Metrics) -> Callable[[str, int], None]:
     if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
         # Powertools never flushes a disabled metric set, so adding to it would only grow memory.

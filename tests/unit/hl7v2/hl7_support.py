@@ -13,6 +13,7 @@ from ehr.bootstrap import FhirServices, bootstrap_hl7v2
 from ehr.fhir.cursors import CursorCodec
 from ehr.hl7v2.inbound import Hl7v2Inbound
 from ehr.hl7v2.ports import InMemoryMessageArchive, InMemoryMessageLedger
+from ehr.labs.ports import InMemoryLabOrders, RecordingSignals
 from ehr.security.audit import InMemoryAuditSink
 from ehr.security.tenancy import InMemoryTenantDirectory, new_tenant
 from ehr.settings import AuthSettings, Hl7v2InboundSettings
@@ -123,6 +124,8 @@ def endpoint(auth: AuthSettings, token: str, **overrides: Any) -> Endpoint:
         audit=audit,
         ledger=ledger,
         archive=archive,
+        lab_orders=overrides.pop("lab_orders", None) or InMemoryLabOrders(),
+        signals=overrides.pop("signals", None) or RecordingSignals(),
         **overrides,
     )
     return Endpoint(build_hl7v2_api(services, inbound), services, inbound, ledger, archive, audit, token)

@@ -302,3 +302,23 @@ def test_hold_and_cancel(world: World) -> None:
     assert cancel_message.first("ORC").get(1) == "CA"
     assert cancel_message.first("ORC").get(2) == other
     assert world.task(other)["status"] == "cancelled"
+
+
+def test_a_failed_execution_marks_the_task_failed_with_the_error(world: World) -> None:
+    sr = world.order()
+    claim(world, sr)
+    state = {
+        "order": {"tenant": TENANT, "serviceRequestId": sr},
+        "error": {"Error": "States.TaskFailed", "Cause": "the store was unavailable"},
+    }
+    world.workflow.run({"step": "fail", "input": state})
+    task = world.task(sr)
+    assert task["status"] == "failed"
+    assert "States.TaskFailed" in task["statusReason"]["text"]
+    # an execution that failed before it knew its order changes nothing and does not fail again
+    assert world.workflow.run({"step": "fail", "input": {"detail": {}}}) == {}
+
+
+def test_an_unknown_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown workflow step"):
+        World().workflow.run({"step": "teleport"})

@@ -7,11 +7,17 @@ from typing import Any, Final, Literal
 
 from ehr import names
 
-# Detail types the platform publishes.
+# Detail types the platform publishes (docs/events.md describes each payload).
+RESOURCE_CHANGED: Final = "ResourceChanged"
 LAB_ORDER_REQUESTED: Final = "LabOrderRequested"
-LAB_ORDER_WORKFLOW_STARTED: Final = "LabOrderWorkflowStarted"
+LAB_ORDER_CANCELLED: Final = "LabOrderCancelled"
+LAB_ORDER_REJECTED: Final = "LabOrderRejected"
+LAB_ORDER_TIMED_OUT: Final = "LabOrderTimedOut"
+LAB_ORDER_DELIVERY_FAILED: Final = "LabOrderDeliveryFailed"
+LAB_RESULT_AVAILABLE: Final = "LabResultAvailable"
+CRITICAL_LAB_RESULT: Final = "CriticalLabResult"
 
-TargetKind = Literal["lab_order_state_machine"]
+TargetKind = Literal["lab_order_state_machine", "lab_workflow_function"]
 
 
 @dataclass(frozen=True)
@@ -32,5 +38,11 @@ RULES: Final[tuple[RuleDefinition, ...]] = (
         description="Start the lab-order workflow when a laboratory order is placed.",
         event_pattern={"source": [names.EVENT_SOURCE], "detail-type": [LAB_ORDER_REQUESTED]},
         target="lab_order_state_machine",
+    ),
+    RuleDefinition(
+        logical_id="LabOrderCancelledRule",
+        description="Tell a waiting lab-order workflow that the clinic cancelled its order.",
+        event_pattern={"source": [names.EVENT_SOURCE], "detail-type": [LAB_ORDER_CANCELLED]},
+        target="lab_workflow_function",
     ),
 )

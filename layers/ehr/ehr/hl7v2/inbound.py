@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ehr.fhir import jsonio
 from ehr.fhir.outcome import OperationOutcomeError
 from ehr.hl7v2 import ack as acks
 from ehr.hl7v2 import er7, structure
@@ -48,6 +49,7 @@ from ehr.hl7v2.ports import (
     MessageLedger,
 )
 from ehr.labs import results
+from ehr.labs.ports import LabOrdersUnavailableError
 from ehr.security.audit import AuditRecord, AuditSink
 
 if TYPE_CHECKING:
@@ -311,7 +313,10 @@ class Hl7v2Inbound:
     ) -> MessageOutcome:
         order = None
         if self._lab_orders is not None and message.message_type == "ORU":
-            order = results.correlate(message, tenant, self._lab_orders)
+            try:
+                order = results.correlate(message, tenant, self._lab_orders)
+            except LabOrdersUnavailableError as error:
+                raise TransientError("lab orders") from error
         filing_ctx = replace(ctx, tenant=order.tenant) if order is not None else ctx
         try:
             mapping = map_message(message, filing_ctx)
@@ -499,11 +504,11 @@ class Hl7v2Inbound:
                 current = self._store.current(tenant, resource_type, resource_id)
                 if current is None or current.deleted or current.body is None:
                     continue
-                text = json.dumps(current.body)
+                text = jsonio.dumps(current.body)
                 count = text.count(f'"{old}"')
                 if not count:
                     continue
-                body = json.loads(text.replace(f'"{old}"', f'"{new}"'))
+                body = jsonio.loads(text.replace(f'"{old}"', f'"{new}"'))
                 body.pop("meta", None)
                 entries.append(
                     {

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-PARTNER_SYSTEM = "urn:ehr:partner"
+from ehr import names
+
+PARTNER_SYSTEM = names.PARTNER_SYSTEM
+
+
+class LabOrdersUnavailableError(Exception):
+    """The order registry cannot be read or written now; retry later."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ehr.fhir import jsonio
 from ehr.hl7v2.er7 import Message
 from ehr.labs.ports import LabOrders, PlacerEntry, WorkflowSignals
 
@@ -57,7 +58,7 @@ def file_in_order(
     bundle: Mapping[str, Any], entry: PlacerEntry, subject: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The mapped bundle rewritten for the ordering clinic: basedOn the order, subject its patient."""
-    out: dict[str, Any] = json.loads(json.dumps(bundle))
+    out: dict[str, Any] = jsonio.loads(jsonio.dumps(bundle))
     entries = list(out.get("entry") or [])
     if subject is not None:
         patients = {
@@ -67,8 +68,8 @@ def file_in_order(
         }
         entries = [e for e in entries if e.get("fullUrl") not in patients]
         for patient_url in patients:
-            entries = json.loads(
-                json.dumps(entries).replace(f'"{patient_url}"', json.dumps(subject["reference"]))
+            entries = jsonio.loads(
+                jsonio.dumps(entries).replace(f'"{patient_url}"', json.dumps(subject["reference"]))
             )
     based_on = {"reference": f"ServiceRequest/{entry.service_request_id}"}
     for item in entries:
@@ -82,7 +83,7 @@ def file_in_order(
 
 def with_review_task(bundle: Mapping[str, Any], sender: str) -> dict[str, Any]:
     """Results that match no order, kept with a Task asking someone to review and route them."""
-    out: dict[str, Any] = json.loads(json.dumps(bundle))
+    out: dict[str, Any] = jsonio.loads(jsonio.dumps(bundle))
     entries = list(out.get("entry") or [])
     for item in list(entries):
         resource = item.get("resource") or {}

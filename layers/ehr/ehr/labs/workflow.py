@@ -29,6 +29,7 @@ from ehr.labs.ports import (
     PARTNER_SYSTEM,
     LabOrder,
     LabOrders,
+    LabOrdersUnavailableError,
     Partner,
     Partners,
     PlacerEntry,
@@ -102,6 +103,10 @@ class LabWorkflow:
     # -- the dispatcher the Lambda handler calls -------------------------------------------------
 
     def run(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        if event.get("detail-type") == "LabOrderCancelled":  # the bus's rule, not the state machine
+            detail = dict(event.get("detail") or {})
+            resumed = self.cancelled(str(detail.get("tenant", "")), str(detail.get("serviceRequestId", "")))
+            return {"resumed": resumed}
         step = str(event.get("step", ""))
         handler = {
             "claim": self.claim,
@@ -118,6 +123,8 @@ class LabWorkflow:
             raise ValueError(f"unknown workflow step {step!r}")
         try:
             return handler(event)
+        except LabOrdersUnavailableError as error:
+            raise TransientError("lab orders") from error
         except OperationOutcomeError as error:
             if error.status in (409, 412, 429) or error.status >= 500:
                 raise TransientError(error.code) from error

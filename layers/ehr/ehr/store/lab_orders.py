@@ -9,15 +9,19 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from pynamodb.attributes import UnicodeAttribute
-from pynamodb.exceptions import PutError
+from pynamodb.exceptions import PutError, PynamoDBException
 from pynamodb.models import Model
 
-from ehr.labs.ports import LabOrder, Partner, PlacerEntry
+from ehr.labs.ports import LabOrder, LabOrdersUnavailableError, Partner, PlacerEntry
 from ehr.store.keys import _bounded
 from ehr.store.schema import RECORDS_TABLE, tenant_key_prefix
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Item(Model):
@@ -65,6 +69,21 @@ def _order(item: _Item) -> LabOrder:
     )
 
 
+def _available(method: F) -> F:
+    """Store errors surface as ``LabOrdersUnavailableError`` (the callers' retry signal)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except PynamoDBException as error:
+            if getattr(error, "cause_response_code", "") == "ConditionalCheckFailedException":
+                raise
+            raise LabOrdersUnavailableError(type(error).__name__) from error
+
+    return cast(F, wrapper)
+
+
 class DynamoLabOrders:
     def __init__(self, table_name: str, *, host: str | None = None) -> None:
         self._model = _bind(table_name, host)
@@ -85,6 +104,7 @@ class DynamoLabOrders:
             pending=order.pending or None,
         )
 
+    @_available
     def claim(self, order: LabOrder) -> LabOrder | None:
         try:
             self._item(order).save(condition=self._model.pk.does_not_exist())
@@ -95,6 +115,7 @@ class DynamoLabOrders:
         existing = self.get(order.tenant, order.service_request_id)
         return existing or order
 
+    @_available
     def get(self, tenant: str, service_request_id: str) -> LabOrder | None:
         pk, sk = _order_key(tenant, service_request_id)
         try:
@@ -102,9 +123,11 @@ class DynamoLabOrders:
         except self._model.DoesNotExist:
             return None
 
+    @_available
     def update(self, order: LabOrder) -> None:
         self._item(order).save()
 
+    @_available
     def index_placer(self, entry: PlacerEntry) -> None:
         self._model(
             f"{tenant_key_prefix(entry.partner)}PLACER#{_bounded(entry.placer)}",
@@ -115,6 +138,7 @@ class DynamoLabOrders:
             placer=entry.placer,
         ).save()
 
+    @_available
     def by_placer(self, partner: str, placer: str) -> PlacerEntry | None:
         try:
             item = self._model.get(
