@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ehr import telemetry
@@ -21,7 +20,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         policy = authorize_token_event(event, authenticate)
     except UnauthorizedError:
-        metrics.add_metric(name="TokenRejected", unit=MetricUnit.Count, value=1)
+        telemetry.count(metrics, "TokenRejected")
         raise
-    metrics.add_metric(name="TokenAccepted", unit=MetricUnit.Count, value=1)
+    telemetry.count(metrics, "TokenAccepted")
     return policy

@@ -125,12 +125,25 @@ def _patch() -> Callable[[], None]:
         finally:
             partition.key = None
 
+    # moto's DynamoDB is not thread-safe (a transaction deep-copies tables another thread may be
+    # writing); DynamoDB serialises conflicting requests itself. One request at a time here.
+    from moto.dynamodb.responses import DynamoHandler
+
+    real_call_action = DynamoHandler.call_action
+    serial = threading.RLock()
+
+    def call_action(self: Any) -> Any:
+        with serial:
+            return real_call_action(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
     dynamodb_models.copy = CopyEachTableOnce()  # type: ignore[assignment]
     dynamodb_models.DynamoDBBackend.transact_write_items = snapshot_once  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
 
     def restore() -> None:
+        DynamoHandler.call_action = real_call_action  # type: ignore[method-assign]
         dynamodb_models.copy = real_copy  # type: ignore[assignment]
         dynamodb_models.DynamoDBBackend.transact_write_items = real_transact  # type: ignore[method-assign]
         Table.all_items = real_all_items  # type: ignore[method-assign]

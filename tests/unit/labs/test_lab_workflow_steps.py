@@ -322,3 +322,16 @@ def test_a_failed_execution_marks_the_task_failed_with_the_error(world: World) -
 def test_an_unknown_step_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown workflow step"):
         World().workflow.run({"step": "teleport"})
+
+
+def test_an_order_whose_patient_cannot_be_sent_is_invalid_at_claim(world: World) -> None:
+    sr = world.order()
+    patient = world.read("ServiceRequest", sr)["subject"]["reference"].split("/")[1]
+    body = world.read("Patient", patient)
+    nameless = {k: v for k, v in body.items() if k not in ("name", "meta")}
+    world.fhir.update(TENANT, "Patient", patient, nameless)
+    answer = claim(world, sr)
+    assert answer["outcome"] == "invalid"
+    assert "PID-5" in answer["reason"]
+    assert world.task(sr)["status"] == "failed"
+    assert world.lab.received == []

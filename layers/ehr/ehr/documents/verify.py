@@ -85,7 +85,9 @@ class UploadVerifier:
         try:
             location = ObjectLocation.from_key(key)
         except ValueError:
-            log.warning("object key is not a document location")
+            # Expected for the HL7 v2 message archive ({tenant}/_hl7v2/...) in the same bucket.
+            level = logging.DEBUG if "/_hl7v2/" in key else logging.WARNING
+            log.log(level, "object key is not a document location")
             return Verification("not-a-document")
         for _ in range(ATTEMPTS):
             try:

@@ -49,8 +49,8 @@ from ehr.hl7v2.ports import (
     MessageLedger,
 )
 from ehr.labs import results
-from ehr.labs.ports import LabOrdersUnavailableError
-from ehr.security.audit import AuditRecord, AuditSink
+from ehr.labs.ports import LabOrdersUnavailableError, PlacerEntry
+from ehr.security.audit import AuditRecord, AuditSink, AuditUnavailableError
 
 if TYPE_CHECKING:
     from ehr.fhir.bundles import BundleProcessor
@@ -360,9 +360,7 @@ class Hl7v2Inbound:
             raise TransientError(type(error).__name__) from error
         references = _written(response)
         if order is not None:
-            self._record_filing(order.tenant, processor.touched, references, access)
-            if self._signals is not None and self._lab_orders is not None:
-                results.resume(self._lab_orders, self._signals, order, results.summary(response, bundle))
+            self._filed_for_order(order, processor, references, access, results.summary(response, bundle))
         merged_count = 0
         for survivor, merged in mapping.merges:
             try:
@@ -385,6 +383,22 @@ class Hl7v2Inbound:
         outcome.references = references
         outcome.touched = list(processor.touched)
         return outcome
+
+    def _filed_for_order(
+        self,
+        order: PlacerEntry,
+        processor: BundleProcessor,
+        references: Sequence[str],
+        access: AccessPolicy | None,
+        summary: dict[str, Any],
+    ) -> None:
+        """Results of an order were filed: audit them in the clinic and resume its workflow."""
+        try:
+            self._record_filing(order.tenant, processor.touched, references, access)
+        except AuditUnavailableError as error:  # filed but not audited there: the resend re-files
+            raise TransientError("audit") from error
+        if self._signals is not None and self._lab_orders is not None:
+            results.resume(self._lab_orders, self._signals, order, summary)
 
     def _record_filing(
         self,

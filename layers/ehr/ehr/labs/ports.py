@@ -62,7 +62,13 @@ class LabOrders(Protocol):
 
     def get(self, tenant: str, service_request_id: str) -> LabOrder | None: ...
 
-    def update(self, order: LabOrder) -> None: ...
+    def update(self, order: LabOrder) -> None:
+        """Write every field but ``pending``, which only ``set_pending`` changes."""
+        ...
+
+    def set_pending(self, order: LabOrder, value: str, *, expected_state: str) -> bool:
+        """Set ``pending`` if the stored state is still ``expected_state``; False if it moved on."""
+        ...
 
     def index_placer(self, entry: PlacerEntry) -> None: ...
 
@@ -100,7 +106,18 @@ class InMemoryLabOrders:
 
     def update(self, order: LabOrder) -> None:
         with self._lock:
-            self.orders[(order.tenant, order.service_request_id)] = replace(order)
+            key = (order.tenant, order.service_request_id)
+            kept = self.orders[key].pending if key in self.orders else ""
+            self.orders[key] = replace(order, pending=kept)
+
+    def set_pending(self, order: LabOrder, value: str, *, expected_state: str) -> bool:
+        with self._lock:
+            key = (order.tenant, order.service_request_id)
+            current = self.orders.get(key)
+            if current is None or current.state != expected_state:
+                return False
+            self.orders[key] = replace(current, pending=value)
+            return True
 
     def index_placer(self, entry: PlacerEntry) -> None:
         self.placers[(entry.partner, entry.placer)] = entry

@@ -141,18 +141,22 @@ def resume(
     orders: LabOrders, signals: WorkflowSignals, entry: PlacerEntry, result: Mapping[str, Any]
 ) -> bool:
     """Resume the order's waiting step with ``result``. When the step has not started waiting yet
-    (results faster than the workflow), the result is kept on the order for the step to pick up.
-    False when the workflow no longer waits (finished: a late correction is filed, nothing resumed)."""
-    order = orders.get(entry.tenant, entry.service_request_id)
-    if order is None:
-        return False
+    (results faster than the workflow), the result is kept on the order for the step to pick up;
+    the write is conditional on the state it read, so a step that starts waiting in between is
+    found on the next look. False when the workflow no longer waits (finished: a late correction
+    is filed, nothing is resumed)."""
     output = {"event": "result", **result}
-    if order.state == "awaiting" and order.token:
-        if signals.succeed(order.token, output):
-            orders.update(replace(order, token="", state="results", pending=""))
+    for _ in range(5):
+        order = orders.get(entry.tenant, entry.service_request_id)
+        if order is None:
+            return False
+        if order.state == "awaiting" and order.token:
+            if signals.succeed(order.token, output):
+                orders.update(replace(order, token="", state="results"))
+                return True
+            return False
+        if order.state not in ("claimed", "sent", "results"):
+            return False
+        if orders.set_pending(order, json.dumps(output), expected_state=order.state):
             return True
-        return False
-    if order.state in ("claimed", "sent", "results"):
-        orders.update(replace(order, pending=json.dumps(output)))
-        return True
     return False

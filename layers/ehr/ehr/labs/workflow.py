@@ -147,6 +147,9 @@ class LabWorkflow:
             return answer | {"outcome": "duplicate", "taskId": existing.task_id}
         try:
             context = self._context(tenant, sr_id)
+            self._build_order(
+                LabOrder(tenant, sr_id, execution), context
+            )  # everything the ORM needs is there
         except InvalidOrderError as error:
             task_id = self._task(
                 tenant, sr_id, None, status="failed", business="Order invalid", reason=error.reason
@@ -163,17 +166,7 @@ class LabWorkflow:
         order = self._order(event)
         context = self._context(order.tenant, order.service_request_id)
         placer = orm.placer_order_number(context.service_request, namespace=_hd(order.tenant))
-        envelope = orm.OrderEnvelope(
-            sending_facility=_hd(order.tenant),
-            receiving_facility=_hd(context.partner.partner_id),
-            receiving_application=_hd(context.partner.receiving_application or context.partner.partner_id),
-            message_control_id=_control_id("O", order),
-            clock=self._clock,
-        )
-        try:
-            message = orm.build_new_order(envelope, _resources(context))
-        except orm.OrmBuildError as error:
-            raise InvalidOrderError(str(error)) from error
+        message = self._build_order(order, context)
         # Indexed before delivery: a lab that answers at once finds the order.
         self._orders.index_placer(
             PlacerEntry(context.partner.partner_id, placer.value, order.tenant, order.service_request_id)
@@ -195,15 +188,21 @@ class LabWorkflow:
         order = self._order(event)
         token = str(event["token"])
         current = self._orders.get(order.tenant, order.service_request_id) or order
-        if current.pending:  # the result came before this step: resume at once with it
-            self._orders.update(replace(current, token="", state="results", pending=""))
-            self._signals.succeed(token, json.loads(current.pending))
-            return {"waiting": False}
-        self._orders.update(replace(current, token=token, state="awaiting"))
-        business = (
-            "Preliminary results filed; awaiting final" if current.state == "results" else "Awaiting results"
-        )
-        self._set_task(order, status="in-progress", business=business)
+        after_preliminary = current.state == "results"
+        if not current.pending:
+            self._orders.update(replace(current, token=token, state="awaiting"))
+            business = (
+                "Preliminary results filed; awaiting final" if after_preliminary else "Awaiting results"
+            )
+            self._set_task(order, status="in-progress", business=business)
+            # A result that arrived while this step was starting is kept on the order: look again.
+            current = self._orders.get(order.tenant, order.service_request_id) or current
+        if current.pending:  # the result came first: resume at once with it
+            kept = current.pending
+            if self._orders.set_pending(current, "", expected_state=current.state):
+                self._orders.update(replace(current, token="", state="results"))
+                self._signals.succeed(token, json.loads(kept))
+                return {"waiting": False}
         return {"waiting": True}
 
     def revoke(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -312,6 +311,19 @@ class LabWorkflow:
         return resumed
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _build_order(self, order: LabOrder, context: OrderContext) -> str:
+        envelope = orm.OrderEnvelope(
+            sending_facility=_hd(order.tenant),
+            receiving_facility=_hd(context.partner.partner_id),
+            receiving_application=_hd(context.partner.receiving_application or context.partner.partner_id),
+            message_control_id=_control_id("O", order),
+            clock=self._clock,
+        )
+        try:
+            return orm.build_new_order(envelope, _resources(context))
+        except orm.OrmBuildError as error:
+            raise InvalidOrderError(str(error)) from error
 
     def _send(self, partner: Partner, body: bytes, *, delivery_id: str) -> webhook.DeliveryResult:
         try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from pynamodb.attributes import UnicodeAttribute
-from pynamodb.exceptions import PutError, PynamoDBException
+from pynamodb.exceptions import PutError, PynamoDBException, UpdateError
 from pynamodb.models import Model
 
 from ehr.labs.ports import LabOrder, LabOrdersUnavailableError, Partner, PlacerEntry
@@ -101,7 +101,6 @@ class DynamoLabOrders:
             task_id=order.task_id or None,
             token=order.token or None,
             state=order.state,
-            pending=order.pending or None,
         )
 
     @_available
@@ -125,7 +124,36 @@ class DynamoLabOrders:
 
     @_available
     def update(self, order: LabOrder) -> None:
-        self._item(order).save()
+        item = self._item(order)
+        model = self._model
+        # Every attribute but ``pending`` (set concurrently by arriving results): an update, not a put.
+        item.update(
+            actions=[
+                model.tenant.set(order.tenant),
+                model.service_request_id.set(order.service_request_id),
+                model.execution.set(order.execution),
+                model.partner.set(order.partner) if order.partner else model.partner.remove(),
+                model.placer.set(order.placer) if order.placer else model.placer.remove(),
+                model.task_id.set(order.task_id) if order.task_id else model.task_id.remove(),
+                model.token.set(order.token) if order.token else model.token.remove(),
+                model.state.set(order.state),
+            ]
+        )
+
+    @_available
+    def set_pending(self, order: LabOrder, value: str, *, expected_state: str) -> bool:
+        item = self._item(order)
+        model = self._model
+        try:
+            item.update(
+                actions=[model.pending.set(value) if value else model.pending.remove()],
+                condition=model.state == expected_state,
+            )
+        except UpdateError as error:
+            if getattr(error, "cause_response_code", "") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     @_available
     def index_placer(self, entry: PlacerEntry) -> None:
