@@ -233,12 +233,19 @@ class FhirService:
         self._check_if_match(current, if_match, resource_type, resource_id)
         if not isinstance(operations, list):
             raise invalid("A JSON Patch document is an array of operations.")
-        try:
-            patched = jsonpatch.apply_patch(copy.deepcopy(current.body), operations)
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-            raise OperationOutcomeError(
-                status=422, issues=invalid(f"The patch cannot be applied: {exc}", code="processing").issues
-            ) from exc
+        patched = copy.deepcopy(current.body)
+        for number, operation in enumerate(operations, start=1):
+            try:
+                patched = jsonpatch.apply_patch(patched, [operation])
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+                # Said in the client's own terms: the library's message quotes stored values and types.
+                raise OperationOutcomeError(
+                    status=422,
+                    issues=invalid(
+                        f"The patch cannot be applied: operation {number} {_patch_problem(operation, exc)}.",
+                        code="processing",
+                    ).issues,
+                ) from exc
         if (
             not isinstance(patched, dict)
             or patched.get("id") != resource_id
@@ -328,6 +335,19 @@ class FhirService:
                 allowed = {ref for ref, stored in now.items() if access.may_see(stored)}
                 return [v for v in page.items if (v.resource_type, v.id) in allowed], page.cursor
         return list(page.items), page.cursor
+
+
+def _patch_problem(operation: Any, error: Exception) -> str:
+    if not isinstance(operation, dict):
+        return "is not an operation object"
+    op = str(operation.get("op", ""))[:20]
+    path = str(operation.get("path", ""))[:200]
+    if isinstance(error, jsonpatch.JsonPatchTestFailed):
+        return f"(test {path}) failed: the value there is not the one given"
+    if isinstance(error, jsonpatch.InvalidJsonPatch) or not op or "path" not in operation:
+        return "is not a valid JSON Patch operation (op, path and, where needed, value or from)"
+    where = f"{path} or from {str(operation.get('from'))[:200]}" if "from" in operation else path
+    return f"({op} {path}): {where} does not exist in the resource or cannot hold that value"
 
 
 def stored_from_write(write: Write) -> StoredResource:
