@@ -7,7 +7,9 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from types import FrameType
+from urllib.parse import SplitResult, urlsplit
 
 import click
 
@@ -74,6 +76,18 @@ def local(  # noqa: PLR0917 - one parameter per option, as click passes them
         lab_result_timeout=lab_result_timeout,
         lab_delay=lab_delay,
     )
+    stop = _stop_on_signals()
+    try:
+        base = platform.start(host, port)
+    except OSError as exc:
+        platform.stop()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    _print_banner(base, platform.seeded, issuer, platform.lab_url)
+    _serve_until(stop, platform.stop)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM: the long-running commands stop cleanly on either."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -81,19 +95,24 @@ def local(  # noqa: PLR0917 - one parameter per option, as click passes them
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    try:
-        base = platform.start(host, port)
-    except OSError as exc:
-        platform.stop()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    _print_banner(base, platform.seeded, issuer, platform.lab_url)
+    return stop
+
+
+def _serve_until(stop: threading.Event, shut_down: Callable[[], None]) -> None:
     try:
         while not stop.wait(0.5):
             pass
     finally:
         click.echo("Stopping…", err=True)
-        platform.stop()
+        shut_down()
         click.echo("Stopped.", err=True)
+
+
+def _http_url(value: str, option: str) -> SplitResult:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise click.BadParameter("an http:// or https:// URL", param_hint=option)
+    return url
 
 
 def _log_to_stderr() -> None:
@@ -219,24 +238,15 @@ def mllp_bridge(port: int, host: str, target: str, token_file: str, timeout: flo
     be read) saying why when the platform is unreachable, slow, refuses the token or fails.
     """
     from pathlib import Path
-    from urllib.parse import urlsplit
 
     from infra.local.mllp_bridge import BridgeServer, Upstream
 
-    url = urlsplit(target)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise click.BadParameter("an http:// or https:// URL", param_hint="--target")
+    url = _http_url(target, "--target")
     if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
         click.echo("warning: --target is plain http; the token will cross the network unencrypted", err=True)
     _log_to_stderr()
     server = BridgeServer(Upstream(url=target, token_file=Path(token_file), timeout=timeout))
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _stop_on_signals()
     try:
         bound_host, bound_port = server.start(host, port)
     except OSError as exc:
@@ -244,13 +254,7 @@ def mllp_bridge(port: int, host: str, target: str, token_file: str, timeout: flo
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     click.echo(f"MLLP bridge listening on {shown}:{bound_port} → {target}")
     sys.stdout.flush()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        click.echo("Stopping…", err=True)
-        server.stop()
-        click.echo("Stopped.", err=True)
+    _serve_until(stop, server.stop)
 
 
 @main.command("lab-simulator")
@@ -281,13 +285,10 @@ def lab_simulator(port: int, host: str, platform_url: str, secret_file: str, del
     docs/lab-simulator.md. Tokens come from the local development issuer ($EHR_HOME, as `ehr local`).
     """
     from pathlib import Path
-    from urllib.parse import urlsplit
 
     from infra.local.lab_simulator import LAB_TENANT, LabSimulator
 
-    url = urlsplit(platform_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise click.BadParameter("an http:// or https:// URL", param_hint="--platform")
+    _http_url(platform_url, "--platform")
     secret = Path(secret_file).read_bytes().strip()
     if not secret:
         raise click.BadParameter("the file is empty", param_hint="--secret-file")
@@ -301,26 +302,14 @@ def lab_simulator(port: int, host: str, platform_url: str, secret_file: str, del
         ),
         delay=delay,
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _stop_on_signals()
     try:
         webhook_url = simulator.start(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     click.echo(f"Lab simulator listening on {webhook_url} → {simulator.platform}")
     sys.stdout.flush()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        click.echo("Stopping…", err=True)
-        simulator.stop()
-        click.echo("Stopped.", err=True)
+    _serve_until(stop, simulator.stop)
 
 
 if __name__ == "__main__":  # pragma: no cover
