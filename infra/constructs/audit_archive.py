@@ -42,6 +42,32 @@ _REPLICATION_REASON = (
 )
 
 
+def stream_consumer_statements(
+    table: dynamodb.ITable, key: kms.IKey, dead_letters: sqs.IQueue, *, name: str
+) -> list[iam.PolicyStatement]:
+    """What a Lambda consuming ``table``'s stream needs: read that stream, list the table's streams
+    (a stream ARN's label changes when the stream is recreated), decrypt through DynamoDB, and send
+    failed batches to ``dead_letters`` (encrypted with ``key``)."""
+    assert table.table_stream_arn is not None
+    return [
+        iam.PolicyStatement(
+            sid=f"Read{name}Stream", actions=list(STREAM_READ_ACTIONS), resources=[table.table_stream_arn]
+        ),
+        iam.PolicyStatement(
+            sid=f"List{name}Streams",
+            actions=list(STREAM_LIST_ACTIONS),
+            resources=[f"{table.table_arn}/stream/*"],
+        ),
+        via_service(key, "dynamodb", STREAM_KEY_ACTIONS),
+        iam.PolicyStatement(
+            sid=f"Send{name}FailedBatches",
+            actions=list(DEAD_LETTER_ACTIONS),
+            resources=[dead_letters.queue_arn],
+        ),
+        via_service(key, "sqs", DEAD_LETTER_KEY_ACTIONS),
+    ]
+
+
 def via_service(key: kms.IKey, service: str, actions: tuple[str, ...]) -> iam.PolicyStatement:
     """Use of ``key`` only through ``service`` (s3, sqs, dynamodb) in this region."""
     stack = Stack.of(key)
@@ -169,23 +195,7 @@ class AuditArchive(Construct):
                 resources=[self.bucket.arn_for_objects("*")],
             ),
             via_service(self.key, "s3", ARCHIVE_KEY_ACTIONS),
-            iam.PolicyStatement(
-                sid="ReadAuditStream",
-                actions=list(STREAM_READ_ACTIONS),
-                resources=[table.table_stream_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ListAuditStreams",
-                actions=list(STREAM_LIST_ACTIONS),
-                resources=[f"{table.table_arn}/stream/*"],
-            ),
-            via_service(self.key, "dynamodb", STREAM_KEY_ACTIONS),
-            iam.PolicyStatement(
-                sid="SendFailedBatches",
-                actions=list(DEAD_LETTER_ACTIONS),
-                resources=[self.dead_letter_queue.queue_arn],
-            ),
-            via_service(self.key, "sqs", DEAD_LETTER_KEY_ACTIONS),
+            *stream_consumer_statements(table, self.key, self.dead_letter_queue, name="Audit"),
         )
         stack = Stack.of(self)
         bucket_id = stack.resolve(stack.get_logical_id(self.bucket.node.default_child))  # type: ignore[arg-type]

@@ -18,14 +18,7 @@ from constructs import Construct
 from ehr.store.keys import CURRENT
 from ehr.store.schema import RECORDS_TABLE
 from infra.config import EnvironmentConfig
-from infra.constructs.audit_archive import (
-    DEAD_LETTER_ACTIONS,
-    DEAD_LETTER_KEY_ACTIONS,
-    STREAM_KEY_ACTIONS,
-    STREAM_LIST_ACTIONS,
-    STREAM_READ_ACTIONS,
-    via_service,
-)
+from infra.constructs.audit_archive import stream_consumer_statements
 from infra.constructs.nag import acknowledge
 from infra.constructs.queues import dead_letter_queue
 
@@ -67,25 +60,9 @@ class ChangeFeed(Construct):
         """Feed ``table``'s stream to ``function`` and give its ``policy`` exactly what that takes."""
         if table.table_stream_arn is None:
             raise ValueError("the records table has no stream (RECORDS_TABLE.stream)")
+        # The table is encrypted with the data key: reading its stream decrypts through DynamoDB.
         policy.add_statements(
-            iam.PolicyStatement(
-                sid="ReadRecordsStream",
-                actions=list(STREAM_READ_ACTIONS),
-                resources=[table.table_stream_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ListRecordsStreams",
-                actions=list(STREAM_LIST_ACTIONS),
-                resources=[f"{table.table_arn}/stream/*"],
-            ),
-            # The table is encrypted with the data key: reading its stream decrypts through DynamoDB.
-            via_service(self.key, "dynamodb", STREAM_KEY_ACTIONS),
-            iam.PolicyStatement(
-                sid="SendFailedChangeBatches",
-                actions=list(DEAD_LETTER_ACTIONS),
-                resources=[self.dead_letter_queue.queue_arn],
-            ),
-            via_service(self.key, "sqs", DEAD_LETTER_KEY_ACTIONS),
+            *stream_consumer_statements(table, self.key, self.dead_letter_queue, name="Records")
         )
         stack = Stack.of(self)
         table_id = stack.resolve(stack.get_logical_id(table.node.default_child))  # type: ignore[arg-type]
