@@ -11,11 +11,6 @@ sent, but never a stack trace or the server's internals.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,77 +21,48 @@ from urllib.parse import quote, quote_plus
 import pytest
 import requests
 
+from tests.e2e.conftest import LocalServer, start_local_server, stop_local_server
+
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
-STARTUP_SECONDS = 90
 SYNTHEA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "synthea"
 SYNTHEA_RECORD = "synthea__Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json"
 MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5.99"
 INTERNALS = ("Traceback", 'File "', '.py"', "ehr.", "pynamodb", "botocore", "boto3", "moto", "fhirpathpy")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class DebugServer:
-    """`ehr local` with every function logging at DEBUG, its stdout and stderr kept in files."""
+    """`ehr local` (the e2e suite's own start-up) with every function logging at DEBUG."""
 
-    base: str
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-    stdout: Path
-    stderr: Path
+    local: LocalServer
+    home: Path
+
+    @property
+    def base(self) -> str:
+        return self.local.base
 
     def token(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(BIN / "ehr"), "token", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return result.stdout.strip()
+        return self.local.token(*args)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_local_server(self.local)
 
     def output(self) -> str:
-        return self.stdout.read_text(errors="replace") + "\n" + self.stderr.read_text(errors="replace")
+        """Everything it wrote: the banner and stdout, and stderr (request log and function logs)."""
+        banner = getattr(self.local, "banner", "")
+        stdout = (
+            (self.home / "stdout.log").read_text(errors="replace")
+            if (self.home / "stdout.log").exists()
+            else ""
+        )
+        return banner + stdout + "\n" + self.local.log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebugServer]:
     home = tmp_path_factory.mktemp("ehr-home-phi")
-    env = {**os.environ, "EHR_HOME": str(home), "PYTHONUNBUFFERED": "1", "POWERTOOLS_LOG_LEVEL": "DEBUG"}
-    port = free_port()
-    stdout, stderr = home / "stdout.log", home / "stderr.log"
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        process = subprocess.Popen(
-            [str(BIN / "ehr"), "local", "--port", str(port)], env=env, stdout=out, stderr=err
-        )
-    running = DebugServer(f"http://127.0.0.1:{port}", process, env, stdout, stderr)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while "Ready." not in stdout.read_text(errors="replace"):
-        if process.poll() is not None:
-            pytest.fail(f"ehr local exited early:\n{running.output()}")
-        if time.monotonic() > deadline:
-            running.stop()
-            pytest.fail("ehr local did not become ready")
-        time.sleep(0.2)
+    running = DebugServer(start_local_server(home, extra_env={"POWERTOOLS_LOG_LEVEL": "DEBUG"}), home)
     yield running
     running.stop()
 
