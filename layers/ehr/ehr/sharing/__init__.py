@@ -1,0 +1,1 @@
+"""Cross-facility sharing: the master patient index, patient Consent, notifications and Subscriptions."""
