@@ -1,7 +1,8 @@
 """DynamoDB table shapes: the single definition used by CDK, the local emulator and tests.
 
-Every key starts with the tenant (``T#{tenant}#…``) so isolation holds by partition key and
-can be enforced by IAM with ``dynamodb:LeadingKeys`` (see ``tenant_key_prefix``).
+Every key of the records and audit tables starts with the tenant (``T#{tenant}#…``) so isolation
+holds by partition key and can be enforced by IAM with ``dynamodb:LeadingKeys`` (see
+``tenant_key_prefix``). The patient index (``MPI_TABLE``) is the one deliberate exception.
 """
 
 from __future__ import annotations
@@ -66,7 +67,22 @@ AUDIT_TABLE: Final = TableDefinition(
     stream="NEW_IMAGE",  # copied into the Object Lock archive (ehr.audit_archive)
 )
 
-TABLES: Final = (RECORDS_TABLE, AUDIT_TABLE)
+# The master patient index (ehr.sharing.mpi, ehr.store.mpi_dynamo): the one deliberately
+# cross-tenant store, so its keys do NOT start with a tenant — matching a patient across facilities
+# means looking up every tenant's records by the same blocking key. It holds no PHI and no chart:
+# only keyed HMAC tokens of normalised identifiers and demographics (and keyed Bloom filters of
+# name bigrams), tenant and patient ids, versions and enterprise ids. Without the MPI key a token
+# cannot be turned back into a name, date, phone or postal code. Items: ``P#{tenant}#{id}``/``CUR``
+# (a record's tokens), ``BK#{token}``/``{tenant}#{id}`` (blocking keys), ``E#{enterprise id}``/
+# ``{tenant}#{id}`` (a person's records). Access to it goes through the MPI only, never a tenant's
+# request path.
+MPI_TABLE: Final = TableDefinition(
+    logical_id="PatientIndexTable",
+    partition_key="pk",
+    sort_key="sk",
+)
+
+TABLES: Final = (RECORDS_TABLE, AUDIT_TABLE, MPI_TABLE)
 
 
 def tenant_key_prefix(tenant: str) -> str:
