@@ -40,7 +40,8 @@ def test_every_stored_type_is_listed_with_its_interactions_and_search_parameters
     assert params["value-quantity"] == "quantity" and params["_lastUpdated"] == "date"
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
     assert by_type["Patient"]["operation"] == [
-        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+        {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+        {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
     ]
 
 

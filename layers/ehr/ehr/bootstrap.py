@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ehr import names
 from ehr.api.app import BearerAuthenticator
 from ehr.security.tenancy import TenantDirectory
 from ehr.security.tokens import KeySource, RemoteJwks, StaticJwks, TokenVerifier
@@ -16,6 +17,8 @@ from ehr.settings import (
     FhirApiSettings,
     Hl7v2InboundSettings,
     LabWorkflowSettings,
+    SharingNotifierSettings,
+    SharingSettings,
 )
 
 if TYPE_CHECKING:
@@ -29,6 +32,10 @@ if TYPE_CHECKING:
     from ehr.hl7v2.inbound import Hl7v2Inbound
     from ehr.labs.workflow import LabWorkflow
     from ehr.security.audit import AuditSink
+    from ehr.sharing.federation import CrossFacility
+    from ehr.sharing.mpi import MasterPatientIndex
+    from ehr.sharing.notify import Notifier
+    from ehr.sharing.subscriptions import AllowList
     from ehr.store.ports import RecordStore
 
 
@@ -58,6 +65,7 @@ class FhirServices:
     bundles: BundleProcessor
     audit: AuditSink
     documents: DocumentService | None = None
+    sharing: CrossFacility | None = None
 
 
 def document_store(settings: DocumentSettings) -> DocumentStore | None:
@@ -69,6 +77,26 @@ def document_store(settings: DocumentSettings) -> DocumentStore | None:
     return S3DocumentStore(
         settings.documents_bucket, settings.documents_key_arn, endpoint=settings.s3_endpoint
     )
+
+
+def master_patient_index(settings: SharingSettings) -> MasterPatientIndex | None:
+    """The master patient index the settings name, or None when this deployment has none."""
+    if not settings.mpi_table or not settings.mpi_key_secret_name:
+        return None
+    from ehr.sharing.mpi import MasterPatientIndex
+    from ehr.store.mpi_dynamo import DynamoPatientIndex
+    from ehr.store.secrets import secret_bytes
+
+    name = settings.mpi_key_secret_name
+    host = getattr(settings, "dynamodb_endpoint", None)
+    return MasterPatientIndex(DynamoPatientIndex(settings.mpi_table, host=host), lambda: secret_bytes(name))
+
+
+def endpoint_policy(settings: SharingSettings) -> AllowList:
+    """Where the tenants' Subscriptions may deliver (docs/subscriptions.md)."""
+    from ehr.sharing.subscriptions import AllowList
+
+    return AllowList(settings.endpoint_prefixes(), allow_loopback_http=settings.subscription_allow_loopback)
 
 
 def bootstrap_verifier(settings: DocumentVerifierSettings, **overrides: Any) -> UploadVerifier:
@@ -130,8 +158,17 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         if objects is not None
         else None
     )
-    fhir = FhirService(store, documents=documents)
+    fhir = FhirService(store, documents=documents, subscriptions=endpoint_policy(settings))
     search = SearchEngine(store, cursors)
+    mpi = overrides.get("mpi") or master_patient_index(settings)
+    sharing = None
+    if mpi is not None:
+        from ehr.sharing.federation import CrossFacility
+        from ehr.store.dynamo import now_instant
+
+        sharing = CrossFacility(
+            store=store, search=search, mpi=mpi, tenants=tenants, audit=audit, clock=now_instant
+        )
     return FhirServices(
         settings=settings,
         authenticate=overrides.get("authenticate") or authenticator(settings, keys=overrides.get("keys")),
@@ -143,6 +180,7 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         bundles=BundleProcessor(fhir, search),
         audit=audit,
         documents=documents,
+        sharing=sharing,
     )
 
 
@@ -234,4 +272,50 @@ def bootstrap_lab_workflow(settings: LabWorkflowSettings, **overrides: Any) -> L
         result_timeout_seconds=settings.lab_result_timeout_seconds,
         deliver=overrides.get("deliver")
         or partial(webhook.deliver, timeout=settings.webhook_timeout_seconds),
+    )
+
+
+def bootstrap_notifier(settings: SharingNotifierSettings, **overrides: Any) -> Notifier:
+    """The fan-out of committed changes to Subscriptions and consented facilities."""
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+    from ehr.sharing.notify import Notifier
+    from ehr.sharing.subscriptions import SqsDeadLetters, SubscriptionDeliverer
+    from ehr.store.dynamo import now_instant
+    from ehr.store.secrets import secret_bytes
+
+    store = overrides.get("store")
+    if store is None:
+        from ehr.store.dynamo import DynamoRecordStore
+
+        store = DynamoRecordStore(settings.records_table, host=settings.dynamodb_endpoint)
+    cursors = overrides.get("cursors") or CursorCodec(lambda: secret_bytes(settings.cursor_secret_name))
+    policy = endpoint_policy(settings)
+    deliverer = overrides.get("deliverer") or SubscriptionDeliverer(
+        overrides.get("secret") or (lambda tenant: secret_bytes(names.subscription_secret_name(tenant))),
+        policy,
+        attempts=settings.subscription_attempts,
+        backoff=settings.subscription_backoff_seconds,
+        timeout=settings.subscription_timeout_seconds,
+    )
+    dead_letters = overrides.get("dead_letters")
+    if dead_letters is None:
+        if not settings.subscription_dead_letter_queue_url:
+            raise ValueError("the notifier needs EHR_SUBSCRIPTION_DEAD_LETTER_QUEUE_URL")
+        dead_letters = SqsDeadLetters(settings.subscription_dead_letter_queue_url)
+    publisher = overrides.get("publisher")
+    if publisher is None:
+        from ehr.events.eventbridge import EventBridgePublisher
+
+        publisher = EventBridgePublisher()
+    return Notifier(
+        fhir=FhirService(store),
+        search=SearchEngine(store, cursors),
+        mpi=overrides.get("mpi") or master_patient_index(settings),
+        deliverer=deliverer,
+        dead_letters=dead_letters,
+        publisher=publisher,
+        bus=settings.event_bus_name,
+        clock=now_instant,
     )

@@ -20,6 +20,7 @@ FN_DOCUMENT_VERIFIER: Final = "document_verifier"
 FN_HL7V2_INBOUND: Final = "hl7v2_inbound"
 FN_LAB_WORKFLOW: Final = "lab_workflow"
 FN_CHANGE_PUBLISHER: Final = "change_publisher"
+FN_SHARING_NOTIFIER: Final = "sharing_notifier"
 FUNCTIONS: Final = (
     FN_FHIR_API,
     FN_DISCOVERY,
@@ -29,6 +30,7 @@ FUNCTIONS: Final = (
     FN_HL7V2_INBOUND,
     FN_LAB_WORKFLOW,
     FN_CHANGE_PUBLISHER,
+    FN_SHARING_NOTIFIER,
 )
 HANDLER_ATTRIBUTE: Final = "lambda_handler"
 
@@ -58,6 +60,15 @@ PARTNER_SECRET_PREFIX: Final = "ehr/partners/"  # noqa: S105 - a name prefix, no
 
 def partner_secret_name(tenant: str, partner: str) -> str:
     return f"{PARTNER_SECRET_PREFIX}{tenant}/{partner}"
+
+
+# Cross-facility sharing: each tenant's key that signs its Subscription webhooks (Secrets
+# Manager, one secret per tenant) and the key that tokenises the master patient index.
+SUBSCRIPTION_SECRET_PREFIX: Final = "ehr/subscriptions/"  # noqa: S105 - a name prefix, not a secret
+
+
+def subscription_secret_name(tenant: str) -> str:
+    return f"{SUBSCRIPTION_SECRET_PREFIX}{tenant}"
 
 
 # Local development identity provider.

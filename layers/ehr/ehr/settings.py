@@ -16,7 +16,9 @@ from ehr import names
 
 ENV_PREFIX = "EHR_"
 # Settings only local mode sets (the cloud stack never does).
-LOCAL_ONLY_SETTINGS = frozenset({"jwks_json", "dynamodb_endpoint", "s3_endpoint"})
+LOCAL_ONLY_SETTINGS = frozenset(
+    {"jwks_json", "dynamodb_endpoint", "s3_endpoint", "subscription_allow_loopback"}
+)
 
 
 class AuthSettings(BaseSettings):
@@ -89,7 +91,45 @@ class DocumentSettings(BaseSettings):
         return self
 
 
-class FhirApiSettings(AuthSettings, FhirStoreSettings, DocumentSettings):
+class SharingSettings(BaseSettings):
+    """Cross-facility sharing: the master patient index and Subscription webhooks (docs/sharing.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    mpi_table: str | None = Field(
+        default=None, description="DynamoDB table of the master patient index (cross-tenant, no PHI)."
+    )
+    mpi_key_secret_name: str | None = Field(
+        default=None,
+        description="Secrets Manager secret whose value keys the index's tokenised demographics.",
+    )
+    subscription_endpoints: str = Field(
+        default="{}",
+        description='Per-tenant allow-list of Subscription endpoint URL prefixes, JSON: {"tenant": ["https://…"]}.',
+    )
+    subscription_allow_loopback: bool = Field(
+        default=False, description="Local mode: let Subscriptions deliver to http://127.0.0.1 and localhost."
+    )
+
+    @model_validator(mode="after")
+    def _index_and_key(self) -> Self:
+        if bool(self.mpi_table) != bool(self.mpi_key_secret_name):
+            raise ValueError("EHR_MPI_TABLE and EHR_MPI_KEY_SECRET_NAME are set together")
+        try:
+            endpoints = json.loads(self.subscription_endpoints)
+        except ValueError as exc:
+            raise ValueError("EHR_SUBSCRIPTION_ENDPOINTS is not JSON") from exc
+        if not isinstance(endpoints, dict) or not all(
+            isinstance(v, list) and all(isinstance(p, str) for p in v) for v in endpoints.values()
+        ):
+            raise ValueError("EHR_SUBSCRIPTION_ENDPOINTS maps tenants to lists of URL prefixes")
+        return self
+
+    def endpoint_prefixes(self) -> dict[str, tuple[str, ...]]:
+        return {str(k): tuple(v) for k, v in json.loads(self.subscription_endpoints).items()}
+
+
+class FhirApiSettings(AuthSettings, FhirStoreSettings, DocumentSettings, SharingSettings):
     """Settings of the FHIR REST function."""
 
 
@@ -120,13 +160,35 @@ class LabWorkflowSettings(FhirStoreSettings):
     )
 
 
-class ChangePublisherSettings(BaseSettings):
-    """Settings of the function that turns the records table's stream into events on the bus."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+class ChangePublisherSettings(SharingSettings):
+    """Settings of the function that turns the records table's stream into events on the bus and
+    keeps the master patient index up to date with every committed Patient version."""
 
     environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
     event_bus_name: str = Field(description="EventBridge bus the platform's change events go to.")
+    dynamodb_endpoint: str | None = Field(
+        default=None, description="DynamoDB endpoint override (local mode with DynamoDB Local)."
+    )
+
+
+class SharingNotifierSettings(FhirStoreSettings, SharingSettings):
+    """Settings of the function that fans committed changes out to Subscriptions and to the
+    facilities a patient consented to share with."""
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    event_bus_name: str = Field(description="EventBridge bus the cross-facility notifications go to.")
+    subscription_dead_letter_queue_url: str | None = Field(
+        default=None, description="SQS queue that keeps notifications whose delivery failed."
+    )
+    subscription_attempts: int = Field(
+        default=4, ge=1, le=10, description="Delivery attempts per notification."
+    )
+    subscription_backoff_seconds: float = Field(
+        default=0.5, ge=0, le=30, description="First back-off between delivery attempts (doubles each time)."
+    )
+    subscription_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=30, description="Timeout of one delivery to a Subscription endpoint."
+    )
 
 
 class DocumentVerifierSettings(StoreSettings, DocumentSettings):

@@ -43,6 +43,7 @@ class AuditNote:
     query: str | None = None
     resource_type: str | None = None
     identity: Identity | None = None
+    purpose: str | None = None  # the purpose of use the operation acted on, when it chose one
 
     def saw(self, resources: Iterable[StoredResource | None]) -> None:
         self.touched += [r for r in resources if r is not None]
@@ -213,7 +214,7 @@ class Api:
             fhir_user=identity.fhir_user if identity else None,
             source_ip=request.source_ip or None,
             request_id=request.request_id or None,
-            purpose_of_use=_purpose(request),
+            purpose_of_use=note.purpose or _purpose(request),
             entities=tuple(references[:MAX_AUDIT_ENTITIES]),
             patients=tuple(patients[:MAX_AUDIT_ENTITIES]),
             query=note.query,
@@ -254,6 +255,11 @@ SUBTYPES: dict[str, tuple[str, Action]] = {
     "getCapabilityStatement": ("capabilities", "R"),
 }
 _PURPOSE = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
+
+
+def purpose_of_use(request: HttpRequest) -> str | None:
+    """The request's ``X-Purpose-Of-Use`` (a v3 ActReason code such as TREAT), if well-formed."""
+    return _purpose(request)
 
 
 def _purpose(request: HttpRequest) -> str | None:

@@ -4,14 +4,14 @@ handler, the local emulator and tests all serve this same ``Api``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode
 
 from ehr import names
-from ehr.api.app import Api, RequestContext
+from ehr.api.app import Api, RequestContext, purpose_of_use
 from ehr.api.http import HttpRequest, HttpResponse
 from ehr.bootstrap import FhirServices
 from ehr.documents.service import UPLOAD_URL_OPERATION, stored_attachment
@@ -25,9 +25,11 @@ from ehr.fhir.outcome import (
     operation_outcome,
     too_large,
 )
+from ehr.fhir.searching import SharedCompartment
 from ehr.fhir.service import HISTORY_DEFAULT_COUNT, HISTORY_MAX_COUNT, WriteResult, check_type
 from ehr.fhir.validation import parse_json
 from ehr.security.scopes import AccessPolicy, require
+from ehr.sharing.consent import DEFAULT_PURPOSE
 from ehr.store.ports import StoredResource
 
 MAX_BODY_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous payload limit
@@ -275,14 +277,23 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
         if resource_type == "Patient" and operation == "$everything":
             ctx.audit.subtype = "everything"
             ctx.audit.references.append(f"Patient/{resource_id}")
+            shared = []
+            purpose = purpose_of_use(ctx.request) or DEFAULT_PURPOSE
+            if services.sharing is not None and search.store.current(tenant(ctx), "Patient", resource_id):
+                shared = services.sharing.shared_compartments(
+                    tenant(ctx), resource_id, purpose=purpose, base_of=base_of(ctx.request)
+                )
             page = search.everything(
                 tenant(ctx),
                 resource_id,
                 query_params(ctx.request),
                 base=fhir_base(ctx.request),
                 access=access(ctx),
+                shared=shared,
             )
             ctx.audit.saw(page.resources)
+            if page.shared:
+                disclose(ctx, page.shared, "everything", purpose)
             return HttpResponse.json(200, page.bundle)
         raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
 
@@ -312,6 +323,51 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
             ctx.audit.saw([stored])
             return HttpResponse.json(200, services.documents.upload_parameters(tenant(ctx), stored))
         raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
+
+    @api.operation("typeOperationPost")
+    def type_operation_post(ctx: RequestContext) -> HttpResponse:
+        resource_type = path_type(ctx)
+        operation = ctx.request.path_params.get("id", "")
+        if resource_type == "Patient" and operation == "$match":
+            ctx.audit.subtype = "$match"
+            ctx.audit.action = "E"
+            require(ctx.identity, "s", "Patient")
+            if services.sharing is None:
+                raise not_supported("This deployment has no master patient index.")
+            purpose = purpose_of_use(ctx.request) or DEFAULT_PURPOSE
+            bundle, own, shared = services.sharing.match(
+                tenant(ctx),
+                json_body(ctx.request),
+                access=access(ctx),
+                base_of=base_of(ctx.request),
+                purpose=purpose,
+            )
+            ctx.audit.saw(own)
+            if shared:
+                disclose(ctx, shared, "$match", purpose)
+            return HttpResponse.json(200, bundle)
+        raise not_supported(f"{operation[:40]!r} is not an operation this server runs on {resource_type}.")
+
+    def disclose(
+        ctx: RequestContext,
+        shared: Sequence[tuple[SharedCompartment, StoredResource]],
+        subtype: str,
+        purpose: str,
+    ) -> None:
+        """Audit another facility's records in its own trail (fail closed) and in this one."""
+        assert services.sharing is not None
+        from ehr.sharing.federation import Disclosure
+
+        disclosure = Disclosure(
+            receiver=tenant(ctx),
+            identity=ctx.identity,
+            purpose=purpose,
+            subtype=subtype,
+            request_id=ctx.request.request_id or None,
+            source_ip=ctx.request.source_ip or None,
+        )
+        ctx.audit.references += services.sharing.record_disclosures(shared, disclosure)
+        ctx.audit.purpose = purpose
 
     @api.operation("postBundle")
     def post_bundle(ctx: RequestContext) -> HttpResponse:
@@ -366,6 +422,11 @@ def writable_type(ctx: RequestContext) -> str:
 
 def access(ctx: RequestContext) -> AccessPolicy:
     return AccessPolicy(ctx.identity)
+
+
+def base_of(request: HttpRequest) -> Callable[[str], str]:
+    """The FHIR base of any tenant on this server (another facility's, for shared records)."""
+    return lambda other: f"{request.base_url}/tenants/{other}/fhir"
 
 
 def fhir_base(request: HttpRequest) -> str:

@@ -155,6 +155,15 @@ ROUTES: Final[tuple[Route, ...]] = (
         consumes=True,
     ),
     Route(
+        "POST",
+        f"{TYPE}/{{id}}",
+        names.FN_FHIR_API,
+        "typeOperationPost",
+        "Run an operation on a type: Patient/$match (master patient index, across facilities).",
+        tags=("fhir",),
+        consumes=True,
+    ),
+    Route(
         "GET",
         f"{TYPE}/_history",
         names.FN_FHIR_API,

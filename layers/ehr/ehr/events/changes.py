@@ -160,9 +160,31 @@ def _entry(detail_type: str, detail: dict[str, Any], bus: str) -> dict[str, Any]
     }
 
 
-def publish_changes(records: Iterable[Mapping[str, Any]], publisher: EventPublisher, *, bus: str) -> int:
-    """Announce every committed version of the batch; returns how many events were put."""
-    entries = [e for change in committed(records) for e in events(change, bus=bus)]
+class PatientIndexer(Protocol):
+    """The master patient index as the publisher feeds it (``ehr.sharing.mpi``)."""
+
+    def record(self, tenant: str, patient_id: str, version: int, body: dict[str, Any] | None) -> None: ...
+
+
+def publish_changes(
+    records: Iterable[Mapping[str, Any]],
+    publisher: EventPublisher,
+    *,
+    bus: str,
+    patients: PatientIndexer | None = None,
+) -> int:
+    """Announce every committed version of the batch; returns how many events were put.
+
+    With ``patients``, every committed Patient version first updates the master patient index,
+    so a ``ResourceChanged`` consumer already finds the person linked; a failure raises and the
+    batch is retried (indexing is idempotent per version)."""
+    changes = committed(records)
+    if patients is not None:
+        for change in changes:
+            if change.resource_type == "Patient":
+                body = None if change.operation == "delete" else change.body
+                patients.record(change.tenant, change.resource_id, change.version, body)
+    entries = [e for change in changes for e in events(change, bus=bus)]
     for start in range(0, len(entries), 10):  # PutEvents takes at most 10 entries
         publisher.publish(entries[start : start + 10])
     return len(entries)

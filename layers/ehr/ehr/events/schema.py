@@ -16,8 +16,9 @@ LAB_ORDER_TIMED_OUT: Final = "LabOrderTimedOut"
 LAB_ORDER_DELIVERY_FAILED: Final = "LabOrderDeliveryFailed"
 LAB_RESULT_AVAILABLE: Final = "LabResultAvailable"
 CRITICAL_LAB_RESULT: Final = "CriticalLabResult"
+CROSS_FACILITY_RECORD_UPDATED: Final = "CrossFacilityRecordUpdated"
 
-TargetKind = Literal["lab_order_state_machine", "lab_workflow_function"]
+TargetKind = Literal["lab_order_state_machine", "lab_workflow_function", "sharing_notifier_function"]
 
 
 @dataclass(frozen=True)
@@ -44,5 +45,12 @@ RULES: Final[tuple[RuleDefinition, ...]] = (
         description="Tell a waiting lab-order workflow that the clinic cancelled its order.",
         event_pattern={"source": [names.EVENT_SOURCE], "detail-type": [LAB_ORDER_CANCELLED]},
         target="lab_workflow_function",
+    ),
+    RuleDefinition(
+        logical_id="ResourceChangedRule",
+        description="Fan committed changes out to Subscriptions and to the facilities a patient "
+        "consented to share with.",
+        event_pattern={"source": [names.EVENT_SOURCE], "detail-type": [RESOURCE_CHANGED]},
+        target="sharing_notifier_function",
     ),
 )

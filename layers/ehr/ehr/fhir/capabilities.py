@@ -24,7 +24,9 @@ NOT_SEARCHABLE = tuple(i for i in INTERACTIONS if i != "search-type")  # no sear
 EVERYTHING = ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
 # POST DocumentReference/{id}/$upload-url: a presigned PUT for the declared content (docs/documents.md).
 UPLOAD_URL = ("upload-url", "urn:ehr:fhir:OperationDefinition:DocumentReference-upload-url")
-OPERATIONS = {"Patient": (EVERYTHING,), "DocumentReference": (UPLOAD_URL,)}
+# POST Patient/$match: the master patient index, across facilities (docs/sharing.md).
+MATCH = ("match", "http://hl7.org/fhir/OperationDefinition/Patient-match")
+OPERATIONS = {"Patient": (EVERYTHING, MATCH), "DocumentReference": (UPLOAD_URL,)}
 # The audit trail is written by the server only and read by search (ehr.fhir.auditing).
 AUDIT_EVENT = ResourceCapability(
     type="AuditEvent",

@@ -14,7 +14,8 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -30,7 +31,7 @@ from ehr.fhir.search.plan import key_ranges
 from ehr.fhir.search.query import Include, SearchClause, SearchQuery, parse_query, resolve_chain
 from ehr.security.scopes import AccessPolicy, Letter, require
 from ehr.store import keys
-from ehr.store.ports import IndexHit, KeyRange, RecordStore, StoredResource
+from ehr.store.ports import IndexHit, KeyRange, Page, RecordStore, StoredResource
 
 MAX_COLLECT: Final = 10_000
 MAX_INCLUDES: Final = 1_000
@@ -69,6 +70,82 @@ class SearchPage:
 
     bundle: dict[str, Any]
     resources: list[StoredResource]
+    # Resources of other facilities shared into the page (cross-facility $everything), with the
+    # compartment each came from: audited in the owning tenant's trail.
+    shared: tuple[tuple[SharedCompartment, StoredResource], ...] = ()
+
+
+SOURCE_TAG_SYSTEM: Final = "urn:ehr:source-tenant"
+
+
+@dataclass(frozen=True)
+class SharedCompartment:
+    """A patient compartment to read for $everything: the tenant's own, or the same person's
+    record at another facility that the patient's Consent shares with the caller's tenant.
+
+    ``permits`` says which resource types the consent covers; ``base`` is the owning tenant's
+    FHIR base (the entries' fullUrl); shared resources are labelled with their source and are
+    read-only to the receiver (they live in the owner's partition)."""
+
+    tenant: str
+    patient_id: str
+    base: str
+    remote: bool = False
+    source_name: str = ""
+    permits: Callable[[str], bool] = lambda _type: True
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.patient_id}" if self.remote else ""
+
+    def label(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        if body is None:
+            return None
+        labelled = copy.deepcopy(body)
+        meta = labelled.setdefault("meta", {})
+        tag = {"system": SOURCE_TAG_SYSTEM, "code": self.tenant}
+        if self.source_name:
+            tag["display"] = self.source_name
+        meta["tag"] = [*(meta.get("tag") or []), tag]
+        return labelled
+
+    def as_local(self, stored: StoredResource, patient_id: str) -> StoredResource:
+        """The resource as the receiver's scopes see it: the owner's patient is the receiver's
+        patient (the same person), so a ``patient/`` scope reaches it."""
+        if stored.resource_type == "Patient" and stored.id == self.patient_id:
+            return replace(stored, id=patient_id)
+        return replace(
+            stored,
+            compartments=frozenset(patient_id if c == self.patient_id else c for c in stored.compartments),
+        )
+
+
+def _everything_count(params: Mapping[str, Sequence[str]]) -> int:
+    if not params.get("_count"):
+        return EVERYTHING_DEFAULT_COUNT
+    text = params["_count"][-1]
+    if not text.isdigit() or not 0 < int(text) <= EVERYTHING_MAX_COUNT:
+        message = f"_count must be a whole number from 1 to {EVERYTHING_MAX_COUNT}."
+        raise invalid(message, expression=["_count"])
+    return int(text)
+
+
+def _everything_types(params: Mapping[str, Sequence[str]]) -> frozenset[str] | None:
+    from ehr.fhir.validation import known_resource_types
+
+    values = [v for text in params.get("_type") or [] for v in text.split(",") if v.strip()]
+    if not values:
+        return None
+    unknown = [v for v in values if v.strip() not in known_resource_types()]
+    if unknown:
+        names = ", ".join(unknown)[:120]
+        raise invalid(f"_type names unknown resource types: {names}.", expression=["_type"])
+    return frozenset(v.strip() for v in values)
+
+
+def _match_entry(base: str, stored: StoredResource, body: dict[str, Any] | None) -> dict[str, Any]:
+    url = f"{base}/{stored.resource_type}/{stored.id}"
+    return {"fullUrl": url, "resource": body, "search": {"mode": "match"}}
 
 
 @dataclass
@@ -209,7 +286,7 @@ class SearchEngine:
     def count(self, tenant: str, query: SearchQuery, visible: _Visibility | None = None) -> int:
         return len(self._collect(tenant, query, visible or _Visibility(None)))
 
-    def everything(
+    def everything(  # noqa: PLR0915 - one paging loop over the own and the shared compartments
         self,
         tenant: str,
         patient_id: str,
@@ -217,7 +294,16 @@ class SearchEngine:
         *,
         base: str,
         access: AccessPolicy | None = None,
+        shared: Sequence[SharedCompartment] = (),
     ) -> SearchPage:
+        """The patient compartment, paged; then, when ``shared`` names them, the compartments of
+        the same person at other facilities (cross-facility sharing under the patient's Consent).
+
+        ``_type`` (comma-separated) keeps only those resource types: the federated search on
+        the patient compartment. The cursor names the compartment it is in (``s``: "" for the
+        tenant's own, ``{tenant}/{patient}`` for a shared one), so the consent is checked again on
+        every page and a compartment that is no longer shared is skipped.
+        """
         if access is not None:
             require(access.identity, "r", "Patient")
         patient = self.store.current(tenant, "Patient", patient_id)
@@ -228,57 +314,84 @@ class SearchEngine:
                 status=404,
                 issues=(Issue(code="not-found", diagnostics=f"Patient/{patient_id} is not known."),),
             )
-        count = EVERYTHING_DEFAULT_COUNT
-        if params.get("_count"):
-            text = params["_count"][-1]
-            if not text.isdigit() or not 0 < int(text) <= EVERYTHING_MAX_COUNT:
-                raise invalid(
-                    f"_count must be a whole number from 1 to {EVERYTHING_MAX_COUNT}.", expression=["_count"]
-                )
-            count = int(text)
-        scope = f"everything|{patient_id}|{count}"
+        count = _everything_count(params)
+        types = _everything_types(params)
+        scope = f"everything|{patient_id}|{count}|{','.join(sorted(types or ()))}"
         state = self._state(tenant, scope, params)
-        page = self.store.compartment(
-            tenant, patient_id, limit=count, cursor=state.get("c") if state else None
-        )
-        found = self.store.current_many(tenant, list(page.items))
-        resources = [
-            found[ref]
-            for ref in page.items
-            if ref in found and not found[ref].deleted and ref != ("Patient", patient_id)
-        ]
-        if state is None:
-            resources.insert(0, patient)
-        # Resources the page refers to outside the compartment (organizations, practitioners,
-        # medications, locations…) come along, as $everything promises.
-        in_page = {(s.resource_type, s.id) for s in resources}
-        referenced = [ref for s in resources for ref in _all_references(s) if ref not in in_page]
-        outside = self.store.current_many(tenant, list(dict.fromkeys(referenced)))
-        resources += [s for s in outside.values() if not s.deleted and not s.compartments]
+        own = SharedCompartment(tenant=tenant, patient_id=patient_id, base=base)
+        sources = [own, *sorted(shared, key=lambda s: s.key)]
+        position = 0
+        cursor = None
+        if state is not None:
+            key = str(state.get("s", ""))
+            position = next((i for i, s in enumerate(sources) if s.key >= key), len(sources))
+            if position < len(sources) and sources[position].key == key:
+                cursor = state.get("c")
         visible = _Visibility(access, letter="r")
-        resources = [s for s in resources if visible.may_include(s)]
+        resources: list[StoredResource] = []
+        remote: list[tuple[SharedCompartment, StoredResource]] = []
+        entries: list[dict[str, Any]] = []
+        while position < len(sources) and len(entries) < count:
+            source = sources[position]
+            found = self._compartment_page(source, count - len(entries), cursor, first=state is None)
+            for stored in found.items:
+                if types is not None and stored.resource_type not in types:
+                    continue
+                if source is own:
+                    if not visible.may_include(stored):
+                        continue
+                    resources.append(stored)
+                    entries.append(_match_entry(base, stored, stored.body))
+                    continue
+                if not source.permits(stored.resource_type) or not visible.may_include(
+                    source.as_local(stored, patient_id)
+                ):
+                    continue
+                remote.append((source, stored))
+                entries.append(_match_entry(source.base, stored, source.label(stored.body)))
+            cursor = found.cursor
+            if cursor:
+                break
+            position += 1
         self_url = f"{base}/Patient/{patient_id}/$everything"
-        links = [{"relation": "self", "url": self_url + (f"?_count={count}" if params.get("_count") else "")}]
-        if page.cursor:
-            next_token = self.cursors.encode(tenant=tenant, scope=scope, state={"c": page.cursor})
-            links.append(
-                {
-                    "relation": "next",
-                    "url": f"{self_url}?{urlencode({'_count': count, '_cursor': next_token})}",
-                }
-            )
+        kept = {k: v for k, v in params.items() if k in ("_count", "_type")}
+        links = [{"relation": "self", "url": self_url + (f"?{urlencode(kept, doseq=True)}" if kept else "")}]
+        if position < len(sources):
+            next_state = {"s": sources[position].key, "c": cursor}
+            token = self.cursors.encode(tenant=tenant, scope=scope, state=next_state)
+            query = urlencode([*((k, v) for k, vs in kept.items() for v in vs), ("_cursor", token)])
+            links.append({"relation": "next", "url": f"{self_url}?{query}"})
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
-        entries: list[dict[str, Any]] = [
-            {"fullUrl": f"{base}/{s.resource_type}/{s.id}", "resource": s.body, "search": {"mode": "match"}}
-            for s in resources
-        ]
         if visible.withheld:
             entries.append(
                 _outcome_entry([Issue(code="suppressed", severity="warning", diagnostics=WITHHELD)])
             )
         if entries:
             bundle["entry"] = entries
-        return SearchPage(bundle, resources)
+        return SearchPage(bundle, resources, tuple(remote))
+
+    def _compartment_page(
+        self, source: SharedCompartment, limit: int, cursor: dict[str, Any] | None, *, first: bool
+    ) -> Page[StoredResource]:
+        """Up to ``limit`` current resources of one compartment, and resources they refer to
+        outside any compartment (organizations, practitioners, medications, locations…), as
+        $everything promises. The own Patient comes first on the first page."""
+        page = self.store.compartment(source.tenant, source.patient_id, limit=limit, cursor=cursor)
+        found = self.store.current_many(source.tenant, list(page.items))
+        items = [
+            found[ref]
+            for ref in page.items
+            if ref in found and not found[ref].deleted and ref != ("Patient", source.patient_id)
+        ]
+        if cursor is None:
+            patient = self.store.current(source.tenant, "Patient", source.patient_id)
+            if patient is not None and not patient.deleted and (first or source.remote):
+                items.insert(0, patient)
+        in_page = {(s.resource_type, s.id) for s in items}
+        referenced = [ref for s in items for ref in _all_references(s) if ref not in in_page]
+        outside = self.store.current_many(source.tenant, list(dict.fromkeys(referenced)))
+        items += [s for s in outside.values() if not s.deleted and not s.compartments]
+        return Page(tuple(items), page.cursor)
 
     def _state(self, tenant: str, scope: str, params: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
         tokens = params.get("_cursor") or []

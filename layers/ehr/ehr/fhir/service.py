@@ -30,6 +30,7 @@ from ehr.store.ports import ConflictError, IndexEntry, RecordStore, StoredResour
 
 if TYPE_CHECKING:
     from ehr.documents.service import DocumentService
+    from ehr.sharing.subscriptions import EndpointPolicy
 
 HISTORY_DEFAULT_COUNT: Final = 50
 HISTORY_MAX_COUNT: Final = 1000
@@ -73,6 +74,7 @@ class FhirService:
         clock: Callable[[], str] = now_instant,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         documents: DocumentService | None = None,
+        subscriptions: EndpointPolicy | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -80,6 +82,10 @@ class FhirService:
         # DocumentReference attachments (ehr.documents): every write path (create, update, patch,
         # batch and transaction entries) goes through ``prepare``, so each gets the same rules.
         self.documents = documents
+        # Subscriptions (ehr.sharing.subscriptions): a client's create/update is validated (channel,
+        # criteria, endpoint on the tenant's allow-list) and activated; system writes (the
+        # notifier recording a delivery failure) skip it.
+        self.subscriptions = subscriptions
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -170,6 +176,16 @@ class FhirService:
         if self.documents is not None and resource_type == "DocumentReference":
             # After the scope checks, so refused writes store no bytes.
             body = self.documents.prepare_write(tenant, resource_id, body, previous)
+            entries = frozenset(IndexEntry(t.param, t.key, t.sort, t.high, t.text) for t in index_terms(body))
+            write = Write(
+                resource_type, resource_id, version, operation, now, body, entries, compartments, previous
+            )
+        if self.subscriptions is not None and resource_type == "Subscription" and access is not None:
+            from ehr.sharing.subscriptions import prepare_subscription
+
+            body = prepare_subscription(
+                tenant, body, previous.body if previous is not None else None, self.subscriptions
+            )
             entries = frozenset(IndexEntry(t.param, t.key, t.sort, t.high, t.text) for t in index_terms(body))
             write = Write(
                 resource_type, resource_id, version, operation, now, body, entries, compartments, previous

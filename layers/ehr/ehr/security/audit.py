@@ -38,6 +38,8 @@ class AuditRecord:
     patients: tuple[str, ...] = ()  # ids of the patients whose data was touched
     query: str | None = None  # the search query, when the request was a search
     resource_type: str | None = None
+    # A cross-facility read: the tenant (facility) whose user read this tenant's records.
+    requesting_tenant: str | None = None
 
 
 class AuditUnavailableError(Exception):

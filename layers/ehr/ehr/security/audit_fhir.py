@@ -33,6 +33,7 @@ URI: Final = "urn:ietf:rfc:3986"
 # Identifier systems of this platform (the OAuth client of a request, the API Gateway request id).
 CLIENT_ID_SYSTEM: Final = "urn:ehr:oauth-client-id"
 REQUEST_ID_SYSTEM: Final = "urn:ehr:request-id"
+TENANT_SYSTEM: Final = "urn:ehr:tenant"
 OBSERVER_DISPLAY: Final = "Serverless EHR"
 
 RESTFUL_INTERACTIONS: Final = frozenset(
@@ -48,6 +49,7 @@ CORE_OPERATIONS: Final = {
     "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
     "meta": "http://hl7.org/fhir/OperationDefinition/Resource-meta",
     "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",
 }
 ACTION_DISPLAY: Final = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "execute"}
 # The usual v3 PurposeOfUse codes (HL7 v3 ActReason); others are coded without a display.
@@ -97,6 +99,18 @@ def to_audit_event(record: AuditRecord, *, base_url: str | None = None) -> dict[
             coding["display"] = PURPOSE_DISPLAY[code]
         event["purposeOfEvent"] = [{"coding": [coding]}]
     event["agent"] = [_requestor(record)]
+    if record.requesting_tenant:
+        # Cross-facility read: the requestor works for another facility (tenant) of this server.
+        event["agent"].append(
+            {
+                "type": {"coding": [{"system": DICOM, "code": "110152", "display": "Destination Role ID"}]},
+                "who": {
+                    "identifier": {"system": TENANT_SYSTEM, "value": record.requesting_tenant},
+                    "display": f"Facility {record.requesting_tenant}",
+                },
+                "requestor": False,
+            }
+        )
     event["source"] = {
         "site": record.tenant,
         "observer": {"display": OBSERVER_DISPLAY},
@@ -150,13 +164,16 @@ def _requestor(record: AuditRecord) -> dict[str, Any]:
 
 
 def _reference(reference: str, base_url: str | None) -> str:
+    if "://" in reference:
+        return reference  # another facility's resource (cross-facility read), already absolute
     return f"{base_url.rstrip('/')}/{reference}" if base_url else reference
 
 
 def _entities(record: AuditRecord, base_url: str | None) -> list[dict[str, Any]]:
     entities: list[dict[str, Any]] = []
     for reference in dict.fromkeys(record.entities):
-        resource_type = reference.partition("/")[0]
+        parts = reference.rstrip("/").split("/")
+        resource_type = parts[-2] if "://" in reference and len(parts) >= 2 else parts[0]
         entities.append(
             {
                 "what": {"reference": _reference(reference, base_url)},
