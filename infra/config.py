@@ -14,10 +14,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ehr import names
+from ehr.security.identity import TENANT_ID
 
 ENV_CONTEXT_KEY: Final = "env"
 ENVIRONMENTS_CONTEXT_KEY: Final = "environments"
@@ -52,6 +54,8 @@ RETENTION_DAYS: Final[Mapping[int, str]] = {
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DOMAIN_PREFIX = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _STAGE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# Lambda allows 4 KB of environment variables per function; the allow-list shares them.
+MAX_SUBSCRIPTION_ENDPOINTS_CHARS: Final = 2048
 
 
 class ConfigError(Exception):
@@ -148,6 +152,13 @@ class EnvironmentConfig(_Model):
 
     function_memory_mb: int = Field(default=1024, ge=128, le=10240)
     function_timeout_seconds: int = Field(default=15, ge=1, le=29, description="<= API Gateway's 29 s limit.")
+    sharing_notifier_timeout_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=900,
+        description="Timeout of the sharing_notifier function, which no API waits for: one event may "
+        "deliver to several Subscriptions, each with retries and back-off (about 25 s for a dead endpoint).",
+    )
     reserved_concurrency: dict[str, int] = Field(
         default_factory=dict,
         description="Reserved concurrency per function name; functions not listed use the account pool.",
@@ -158,6 +169,11 @@ class EnvironmentConfig(_Model):
 
     auth: AuthConfig = Field(default_factory=AuthConfig)
     alarm_email: str | None = Field(default=None, description="Subscribe this address to the alarm topic.")
+    subscription_endpoints: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per tenant, the HTTPS URL prefixes its FHIR Subscriptions may deliver to "
+        '({"clinic-a": ["https://hooks.clinic-a.example/fhir"]}); a tenant not listed may deliver nowhere.',
+    )
 
     @field_validator("log_retention_days")
     @classmethod
@@ -192,6 +208,21 @@ class EnvironmentConfig(_Model):
             raise ValueError("is not an e-mail address")
         return value
 
+    @field_validator("subscription_endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        problems = [f"'{tenant}' is not a tenant id" for tenant in value if not TENANT_ID.match(tenant)]
+        for tenant, prefixes in value.items():
+            problems += [f"{tenant}: {problem}" for p in prefixes if (problem := _endpoint_problem(p))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        if len(json.dumps(value, separators=(",", ":"))) > MAX_SUBSCRIPTION_ENDPOINTS_CHARS:
+            raise ValueError(
+                f"is longer than {MAX_SUBSCRIPTION_ENDPOINTS_CHARS} characters as JSON (it is passed in "
+                "environment variables, which Lambda limits to 4 KB per function)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _burst(self) -> Self:
         if self.api_throttle_burst_limit < self.api_throttle_rate_limit:
@@ -205,6 +236,33 @@ class EnvironmentConfig(_Model):
     @property
     def stack_name(self) -> str:
         return f"{names.STACK_NAME}-{self.name}"
+
+    def timeout_seconds(self, function: str) -> int:
+        """The timeout of ``function``: the notifier's own, every other function's the common one."""
+        if function == names.FN_SHARING_NOTIFIER:
+            return self.sharing_notifier_timeout_seconds
+        return self.function_timeout_seconds
+
+    def subscription_endpoints_json(self) -> str | None:
+        """``subscription_endpoints`` as the functions' ``EHR_SUBSCRIPTION_ENDPOINTS`` (None when empty,
+        so the variable is left out and the settings' default, no endpoint at all, applies)."""
+        if not self.subscription_endpoints:
+            return None
+        return json.dumps(self.subscription_endpoints, separators=(",", ":"), sort_keys=True)
+
+
+def _endpoint_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a Subscription endpoint prefix, or None."""
+    try:
+        parts = urlsplit(prefix)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return f"'{prefix}' is not a URL"
+    if parts.scheme != "https" or not parts.hostname:
+        return f"'{prefix}' is not an https:// URL with a host"
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return f"'{prefix}' has user info, a query or a fragment"
+    return None
 
 
 def _describe(error: ValidationError) -> str:

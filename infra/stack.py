@@ -19,6 +19,7 @@ from infra.constructs.encryption import Encryption
 from infra.constructs.events import Events
 from infra.constructs.identity import Identity
 from infra.constructs.monitoring import Monitoring
+from infra.constructs.sharing import Sharing
 from infra.constructs.workflows import Workflows
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,10 +50,17 @@ class EhrStack(Stack):
             self, "ClinicalStore", key=self.encryption.data_key, config=config
         )
         self.audit = AuditTrail(self, "Audit", key=self.encryption.data_key, config=config)
+        self.sharing = Sharing(
+            self,
+            "Sharing",
+            key=self.encryption.data_key,
+            messaging_key=self.encryption.messaging_key,
+            config=config,
+        )
         self.backups = Backups(
             self,
             "Backups",
-            tables=[self.clinical_store.records_table, self.audit.audit_table],
+            tables=[self.clinical_store.records_table, self.audit.audit_table, self.sharing.mpi_table],
             key=self.encryption.data_key,
             config=config,
         )
@@ -77,6 +85,7 @@ class EhrStack(Stack):
             messaging_key=self.encryption.messaging_key,
             events=self.events,
             documents=self.documents,
+            sharing=self.sharing,
         )
         self.api = Api(
             self, "Api", config=config, functions=self.compute.functions, logs_key=self.encryption.logs_key
@@ -98,7 +107,10 @@ class EhrStack(Stack):
         self.workflows.grant_partner_secrets(self.compute.policies[names.FN_LAB_WORKFLOW])
         self.events.route(
             state_machines={"lab_order_state_machine": self.workflows.lab_order},
-            functions={"lab_workflow_function": self.compute.functions[names.FN_LAB_WORKFLOW]},
+            functions={
+                "lab_workflow_function": self.compute.functions[names.FN_LAB_WORKFLOW],
+                "sharing_notifier_function": self.compute.functions[names.FN_SHARING_NOTIFIER],
+            },
         )
         self.monitoring = Monitoring(
             self,
@@ -116,6 +128,7 @@ class EhrStack(Stack):
                 **self.clinical_store.dead_letter_queues,
                 **self.compute.dead_letter_queues,
                 **self.workflows.dead_letter_queues,
+                **self.sharing.dead_letter_queues,
             },
         )
 
@@ -128,3 +141,15 @@ class EhrStack(Stack):
             CfnOutput(self, "SystemClientId", value=self.identity.client.user_pool_client_id)
         CfnOutput(self, "DocumentsBucket", value=self.documents.bucket.bucket_name)
         CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
+        CfnOutput(
+            self,
+            "SubscriptionDeadLetterQueueUrl",
+            value=self.sharing.subscription_dead_letters.queue_url,
+            description="Subscription notifications that could not be delivered (ids only), for redrive.",
+        )
+        CfnOutput(
+            self,
+            "SubscriptionSecretNamePattern",
+            value=f"{names.SUBSCRIPTION_SECRET_PREFIX}{{tenant}}",
+            description="Name of each tenant's Secrets Manager secret holding its Subscription signing key.",
+        )

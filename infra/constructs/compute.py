@@ -25,6 +25,7 @@ from ehr.settings import (
     FhirApiSettings,
     Hl7v2InboundSettings,
     LabWorkflowSettings,
+    SharingNotifierSettings,
     environment_for,
 )
 from infra.bundling import function_code, layer_code
@@ -37,6 +38,7 @@ from infra.constructs.events import Events
 from infra.constructs.identity import Identity
 from infra.constructs.nag import acknowledge
 from infra.constructs.queues import dead_letter_queue
+from infra.constructs.sharing import Sharing
 
 # The newest Python runtime this aws-cdk-lib knows; cdk-nag's AwsSolutions-L1 accepts only that one.
 RUNTIME: Final = lambda_.Runtime.PYTHON_3_14
@@ -52,6 +54,7 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_HL7V2_INBOUND: Hl7v2InboundSettings,
     names.FN_LAB_WORKFLOW: LabWorkflowSettings,
     names.FN_CHANGE_PUBLISHER: ChangePublisherSettings,
+    names.FN_SHARING_NOTIFIER: SharingNotifierSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
 INVOKED_BY: Final[dict[str, str]] = {
@@ -67,24 +70,42 @@ INVOKED_BY: Final[dict[str, str]] = {
     "LabOrderCancelled EventBridge rule (asynchronously; failed events go to its on-failure SQS queue)",
     names.FN_CHANGE_PUBLISHER: "the Lambda event source mapping of the records table's DynamoDB stream "
     "(failed batches go to its on-failure SQS queue)",
+    names.FN_SHARING_NOTIFIER: "the ResourceChangedRule EventBridge rule (asynchronously; failed events go "
+    "to its on-failure SQS queue)",
 }
 
 # What each function talks to over the network, for the reason of the VPC acknowledgement.
 REACHES: Final[dict[str, str]] = {
-    names.FN_FHIR_API: "DynamoDB, S3 (the documents bucket), KMS through both, and X-Ray, over TLS with IAM",
+    names.FN_FHIR_API: "DynamoDB (the records, audit and patient-index tables), S3 (the documents bucket), "
+    "Secrets Manager (the cursor and patient-index keys), KMS through them, and X-Ray, over TLS with IAM",
     names.FN_DOCUMENT_VERIFIER: "S3 (the documents bucket), DynamoDB, SQS (its dead-letter queue), KMS "
     "through them, and X-Ray, over TLS with IAM",
     names.FN_DISCOVERY: "X-Ray only, over TLS with IAM",
     names.FN_AUTHORIZER: "X-Ray over TLS with IAM, and the token issuer's public JWKS over HTTPS",
     names.FN_AUDIT_ARCHIVER: "S3 (the audit archive bucket, and KMS through it) and X-Ray, over TLS with IAM",
-    names.FN_HL7V2_INBOUND: "DynamoDB, S3 (the documents bucket's message archive), Step Functions "
-    "(SendTaskSuccess to resume a waiting lab order), KMS and X-Ray, over TLS with IAM",
+    names.FN_HL7V2_INBOUND: "DynamoDB, S3 (the documents bucket's message archive), Secrets Manager (the "
+    "cursor and patient-index keys), Step Functions (SendTaskSuccess to resume a waiting lab order), KMS "
+    "and X-Ray, over TLS with IAM",
     names.FN_LAB_WORKFLOW: "DynamoDB, Secrets Manager (the cursor and lab partner secrets), Step "
     "Functions (SendTaskSuccess), SQS (its on-failure queue), KMS through them and X-Ray, over TLS "
     "with IAM, and the partner labs' webhooks over HTTPS (each request HMAC-signed, each answer an "
     "HL7 ACK)",
-    names.FN_CHANGE_PUBLISHER: "DynamoDB Streams (the records table's), EventBridge (the platform bus), "
-    "SQS (its on-failure queue), KMS through them, and X-Ray, over TLS with IAM",
+    names.FN_CHANGE_PUBLISHER: "DynamoDB Streams (the records table's), DynamoDB (the patient-index "
+    "table), Secrets Manager (the patient-index key), EventBridge (the platform bus), SQS (its on-failure "
+    "queue), KMS through them, and X-Ray, over TLS with IAM",
+    names.FN_SHARING_NOTIFIER: "DynamoDB (the records, audit and patient-index tables), Secrets Manager "
+    "(the cursor and patient-index keys and the tenants' Subscription signing secrets), EventBridge (the "
+    "platform bus), SQS (the Subscription dead-letter queue and its on-failure queue), KMS through them "
+    "and X-Ray, over TLS with IAM, and the tenants' Subscription endpoints over HTTPS (each request "
+    "HMAC-signed, each URL within the tenant's subscription_endpoints allow-list)",
+}
+# Functions that call URLs outside AWS which change with onboarding: why a VPC would not narrow it.
+OPEN_EGRESS: Final[dict[str, str]] = {
+    names.FN_LAB_WORKFLOW: "partner webhooks are per-tenant HTTPS URLs, so egress could only be narrowed "
+    "by a NAT gateway plus an allow-list kept in step with partner onboarding",
+    names.FN_SHARING_NOTIFIER: "Subscription endpoints are per-tenant HTTPS URLs, already held to the "
+    "subscription_endpoints allow-list in code; a network-level allow-list would take a NAT gateway or "
+    "egress firewall kept in step with that context key",
 }
 
 # Functions that an EventBridge rule invokes asynchronously: what their on-failure queue holds.
@@ -93,6 +114,9 @@ REACHES: Final[dict[str, str]] = {
 ASYNC_FAILURES: Final[dict[str, str]] = {
     names.FN_LAB_WORKFLOW: "LabOrderCancelled events (tenant and ServiceRequest id) the lab_workflow "
     "function failed to process after Lambda's retries, with the error",
+    names.FN_SHARING_NOTIFIER: "ResourceChanged events (tenant, resource type, id and version) the "
+    "sharing_notifier function failed to process after Lambda's retries (the store or the index was "
+    "unavailable), with the error; undelivered webhooks go to the Subscription dead-letter queue instead",
 }
 ASYNC_RETRY_ATTEMPTS: Final = 2
 ASYNC_MAX_EVENT_AGE: Final = Duration.hours(6)
@@ -124,8 +148,12 @@ class Compute(Construct):
     and write records, one whose settings name ``audit_table`` may append and read audit events,
     one whose settings name ``archive_bucket`` consumes the audit stream into the archive, one
     whose settings name ``event_bus_name`` may put events on the platform bus; ``change_publisher``
-    consumes the records stream. The others touch no data. Grants that name the lab-order state
-    machine are added by ``Workflows`` once it exists (the stack wires them).
+    consumes the records stream. One whose settings name ``mpi_table`` reads the patient index and
+    its key (``change_publisher``, which indexes every committed Patient version, also writes it);
+    one whose settings name ``subscription_dead_letter_queue_url`` (``sharing_notifier``) reads the
+    tenants' Subscription signing secrets and dead-letters undelivered notifications. The others
+    touch no data. Grants that name the lab-order state machine are added by ``Workflows`` once it
+    exists (the stack wires them).
     """
 
     def __init__(
@@ -142,6 +170,7 @@ class Compute(Construct):
         messaging_key: kms.IKey,
         events: Events,
         documents: DocumentStore | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         removal = RemovalPolicy.RETAIN if config.retain else RemovalPolicy.DESTROY
@@ -168,6 +197,12 @@ class Compute(Construct):
             "documents_bucket": documents.bucket.bucket_name if documents else None,
             "documents_key_arn": documents.key.key_arn if documents else None,
             "event_bus_name": events.bus.event_bus_name,
+            "mpi_table": sharing.mpi_table.table_name if sharing else None,
+            "mpi_key_secret_name": sharing.mpi_key_secret.secret_name if sharing else None,
+            "subscription_dead_letter_queue_url": sharing.subscription_dead_letters.queue_url
+            if sharing
+            else None,
+            "subscription_endpoints": config.subscription_endpoints_json(),
         }
 
         self.functions: dict[str, lambda_.Function] = {}
@@ -228,6 +263,11 @@ class Compute(Construct):
                 documents.grant_documents(policy, write=fn != names.FN_DOCUMENT_VERIFIER)
             if "event_bus_name" in model.model_fields:
                 events.grant_put_events(policy)
+            if sharing is not None and "mpi_table" in model.model_fields:
+                sharing.grant_index(policy, write=fn == names.FN_CHANGE_PUBLISHER)
+            if sharing is not None and "subscription_dead_letter_queue_url" in model.model_fields:
+                sharing.grant_subscription_secrets(policy)
+                sharing.grant_subscription_dead_letters(policy)
 
             values = {k: v for k, v in available.items() if k in model.model_fields}
             function = lambda_.Function(
@@ -244,7 +284,7 @@ class Compute(Construct):
                 log_group=log_group,
                 tracing=lambda_.Tracing.ACTIVE,
                 memory_size=config.function_memory_mb,
-                timeout=Duration.seconds(config.function_timeout_seconds),
+                timeout=Duration.seconds(config.timeout_seconds(fn)),
                 reserved_concurrent_executions=config.reserved_concurrency.get(fn),
                 environment={**environment_for(model, **values), **POWERTOOLS_ENVIRONMENT},
             )
@@ -321,13 +361,7 @@ class Compute(Construct):
             function,
             f"The {fn} function calls {REACHES[fn]}; it exposes no network-reachable resource a VPC "
             "would shield, and inside a VPC it would need a NAT gateway or interface endpoints to "
-            "reach the same services"
-            + (
-                " (partner webhooks are per-tenant HTTPS URLs, so egress could only be narrowed by a "
-                "NAT gateway plus an allow-list kept in step with partner onboarding)."
-                if fn == names.FN_LAB_WORKFLOW
-                else "."
-            ),
+            "reach the same services" + (f" ({OPEN_EGRESS[fn]})." if fn in OPEN_EGRESS else "."),
             "HIPAA.Security-LambdaInsideVPC",
         )
         if fn not in config.reserved_concurrency:

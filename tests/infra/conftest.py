@@ -64,6 +64,10 @@ OIDC_AUTH = {
     "tenant_claim": "facility",
 }
 ALARM_EMAIL = "oncall@example.org"
+SUBSCRIPTION_ENDPOINTS = {
+    "clinic-a": ["https://hooks.clinic-a.example.org/fhir", "https://partner.example.net/ehr/clinic-a"],
+    "clinic-b": ["https://hooks.clinic-b.example.org"],
+}
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,15 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 @pytest.fixture(scope="session")
 def oidc(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    """dev's settings with an external OIDC issuer and an alarm e-mail subscription."""
+    """dev's settings with an external OIDC issuer, an alarm e-mail subscription and a Subscription
+    endpoint allow-list."""
     environments = copy.deepcopy(cdk_json_context(PROJECT_ROOT)["environments"])
-    environments[OIDC_ENV] = {**environments["dev"], "auth": OIDC_AUTH, "alarm_email": ALARM_EMAIL}
+    environments[OIDC_ENV] = {
+        **environments["dev"],
+        "auth": OIDC_AUTH,
+        "alarm_email": ALARM_EMAIL,
+        "subscription_endpoints": SUBSCRIPTION_ENDPOINTS,
+    }
     return synthesize(tmp_path_factory.mktemp("cdk-oidc"), OIDC_ENV, environments)
 
 

@@ -115,3 +115,49 @@ def test_app_exits_with_a_readable_error_for_an_unknown_environment(tmp_path) ->
     assert result.returncode == 2
     assert "error: unknown environment 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_subscription_endpoints_default_to_none_and_are_passed_as_compact_json() -> None:
+    # Given dev without an allow-list, and one with two tenants' prefixes
+    envs = environments()
+    assert load_config({"environments": envs}, "dev").subscription_endpoints_json() is None
+    envs["dev"]["subscription_endpoints"] = {"clinic-b": ["https://b.example.org"], "clinic-a": []}
+    # When it is loaded
+    config = load_config({"environments": envs}, "dev")
+    # Then the functions get it as the JSON EHR_SUBSCRIPTION_ENDPOINTS expects
+    assert config.subscription_endpoints_json() == '{"clinic-a":[],"clinic-b":["https://b.example.org"]}'
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "message"),
+    [
+        ({"clinic-a": ["http://hooks.example.org"]}, r"clinic-a: 'http://hooks.example.org' is not an https"),
+        ({"clinic-a": ["https://"]}, r"is not an https:// URL with a host"),
+        ({"clinic-a": ["https://u:p@hooks.example.org"]}, r"has user info, a query or a fragment"),
+        ({"clinic-a": ["https://hooks.example.org/?x=1"]}, r"has user info, a query or a fragment"),
+        ({"Clinic A": ["https://hooks.example.org"]}, r"'Clinic A' is not a tenant id"),
+        ({"clinic-a": ["https://hooks.example.org/" + "x" * 2100]}, r"longer than 2048 characters"),
+    ],
+)
+def test_subscription_endpoints_must_be_https_prefixes_of_real_tenants(endpoints, message) -> None:
+    envs = environments()
+    envs["dev"]["subscription_endpoints"] = endpoints
+    with pytest.raises(ConfigError, match=rf"subscription_endpoints: .*{message}"):
+        load_config({"environments": envs}, "dev")
+
+
+def test_only_the_sharing_notifier_gets_the_longer_timeout() -> None:
+    from ehr import names
+
+    config = load_config({"environments": environments()}, "prod")
+    assert config.timeout_seconds(names.FN_SHARING_NOTIFIER) == config.sharing_notifier_timeout_seconds
+    for fn in names.FUNCTIONS:
+        if fn != names.FN_SHARING_NOTIFIER:
+            assert config.timeout_seconds(fn) == config.function_timeout_seconds <= 29
+
+
+def test_the_notifier_timeout_cannot_exceed_lambdas_limit() -> None:
+    envs = environments()
+    envs["dev"]["sharing_notifier_timeout_seconds"] = 901
+    with pytest.raises(ConfigError, match="sharing_notifier_timeout_seconds"):
+        load_config({"environments": envs}, "dev")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ehr.store.schema import RECORDS_TABLE, TABLES
+from ehr.store.schema import AUDIT_TABLE, MPI_TABLE, RECORDS_TABLE, TABLES
 
 pytestmark = pytest.mark.infra
 
@@ -28,8 +28,10 @@ def test_tables_follow_their_schema_definition(any_env, definition) -> None:
     # Given the table built from the core's definition
     tables = {
         RECORDS_TABLE.logical_id: any_env.stack.clinical_store.records_table,
-        "AuditTable": any_env.stack.audit.audit_table,
+        AUDIT_TABLE.logical_id: any_env.stack.audit.audit_table,
+        MPI_TABLE.logical_id: any_env.stack.sharing.mpi_table,
     }
+    assert set(tables) == {d.logical_id for d in TABLES}  # every table of the schema is built
     props = any_env.resources[any_env.logical_id(tables[definition.logical_id])]["Properties"]
     # Then its keys are the definition's, and capacity, recovery and encryption are the platform's
     assert props["KeySchema"] == definition.key_schema()
@@ -61,10 +63,11 @@ def test_dev_tables_can_be_torn_down(dev) -> None:
         assert table["DeletionPolicy"] == "Delete"
 
 
-def test_prod_backs_up_both_tables_into_an_encrypted_vault(prod) -> None:
+def test_prod_backs_up_every_table_into_an_encrypted_vault(prod) -> None:
     selection = next(iter(prod.of_type("AWS::Backup::BackupSelection").values()))
     resources = str(selection["Properties"]["BackupSelection"]["Resources"])
-    for table in (prod.stack.clinical_store.records_table, prod.stack.audit.audit_table):
+    stack = prod.stack
+    for table in (stack.clinical_store.records_table, stack.audit.audit_table, stack.sharing.mpi_table):
         assert prod.logical_id(table) in resources
     vault = next(iter(prod.of_type("AWS::Backup::BackupVault").values()))
     assert "EncryptionKeyArn" in vault["Properties"]

@@ -18,6 +18,12 @@ from ehr.store.keys import CURRENT
 from infra.constructs.change_feed import CHANGE_MAX_RECORD_AGE, CHANGE_RETRY_ATTEMPTS
 from infra.constructs.clinical_store import CHANGE_DEAD_LETTERS
 from infra.constructs.compute import ASYNC_MAX_EVENT_AGE, ASYNC_RETRY_ATTEMPTS
+from infra.constructs.sharing import (
+    MPI_READ_ACTIONS,
+    MPI_READ_KEY_ACTIONS,
+    MPI_WRITE_ACTIONS,
+    MPI_WRITE_KEY_ACTIONS,
+)
 from infra.constructs.workflows import LAB_ORDER_DEAD_LETTERS
 from infra.stack import PROJECT_ROOT
 
@@ -322,7 +328,9 @@ def test_the_records_stream_feeds_the_change_publisher_with_bisection_retries_an
     assert table["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
 
 
-def test_the_change_publisher_may_read_the_stream_and_put_events_on_the_bus_only(any_env) -> None:
+def test_the_change_publisher_may_read_the_stream_index_patients_and_put_events_on_the_bus_only(
+    any_env,
+) -> None:
     stack = any_env.stack
     statements = function_statements(any_env, names.FN_CHANGE_PUBLISHER)
     assert {a for s in statements for a in actions(s)} == LOGS_AND_TRACES | {
@@ -331,21 +339,35 @@ def test_the_change_publisher_may_read_the_stream_and_put_events_on_the_bus_only
         "dynamodb:GetRecords",
         "dynamodb:GetShardIterator",
         "dynamodb:ListStreams",
-        "kms:Decrypt",
-        "kms:DescribeKey",
+        # the master patient index, kept up to date with every committed Patient version
+        *MPI_READ_ACTIONS,
+        *MPI_WRITE_ACTIONS,
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret",
+        *MPI_READ_KEY_ACTIONS,
+        *MPI_WRITE_KEY_ACTIONS,
         "kms:GenerateDataKey",
         "sqs:SendMessage",
     }
     (put,) = with_service(statements, "events")
     assert put["Resource"] == getatt(any_env, stack.events.bus)
+    mpi = getatt(any_env, stack.sharing.mpi_table)
     for statement in with_service(statements, "dynamodb"):
-        assert "stream" in json.dumps(statement["Resource"]).lower()  # never an item of the table
+        # the records table's stream, or the patient index; never an item of the records table
+        assert "stream" in json.dumps(statement["Resource"]).lower() or statement["Resource"] == mpi
     (send,) = with_service(statements, "sqs")
     assert send["Resource"] == getatt(any_env, stack.clinical_store.change_feed.dead_letter_queue)
-    # the data key (the table's and the failure queue's), only through DynamoDB and SQS
+    (secret,) = with_service(statements, "secretsmanager")
+    assert secret["Resource"] == {"Ref": any_env.logical_id(stack.sharing.mpi_key_secret)}
+    # the data key (the tables', the index key secret's and the failure queue's), only through
+    # DynamoDB, Secrets Manager and SQS
     keys = with_service(statements, "kms")
-    assert {via_service(s): actions(s) for s in keys} == {
-        "dynamodb": {"kms:Decrypt", "kms:DescribeKey"},
+    granted: dict[str, set[str]] = {}
+    for statement in keys:
+        granted.setdefault(via_service(statement), set()).update(actions(statement))
+    assert granted == {
+        "dynamodb": set(MPI_READ_KEY_ACTIONS) | set(MPI_WRITE_KEY_ACTIONS),
+        "secretsmanager": {"kms:Decrypt"},
         "sqs": {"kms:GenerateDataKey", "kms:Decrypt"},
     }
     assert all(s["Resource"] == getatt(any_env, stack.encryption.data_key) for s in keys)
@@ -358,9 +380,10 @@ def test_the_change_publisher_gets_the_bus_name(any_env) -> None:
     assert variables[variable] == {"Ref": any_env.logical_id(any_env.stack.events.bus)}
 
 
-def test_only_the_change_publisher_and_the_workflow_may_put_events(any_env) -> None:
+def test_only_the_change_publisher_the_notifier_and_the_workflow_may_put_events(any_env) -> None:
+    # (the workflow's own role is not a function's: workflow_statements)
     for fn in names.FUNCTIONS:
-        if fn != names.FN_CHANGE_PUBLISHER:
+        if fn not in (names.FN_CHANGE_PUBLISHER, names.FN_SHARING_NOTIFIER):
             assert not with_service(function_statements(any_env, fn), "events"), fn
 
 
