@@ -149,6 +149,13 @@ def _print_banner(base: str, seeded: list[str], issuer: DevIssuer, lab_url: str 
         echo(f"HL7 v2 (ER7, ACKs): POST {base}/tenants/acme-lab/hl7v2 with acme-lab's token")
         if lab_url:
             echo(f"Lab simulator (acme-lab) receives lab orders at {lab_url}; see docs/lab-workflow.md")
+        from infra.local.platform import subscription_key_path
+
+        keys = subscription_key_path("TENANT").parent
+        echo(
+            f"Subscriptions (rest-hook to http://127.0.0.1 allowed here) are signed with {keys}/<tenant>.key;"
+            " see docs/sharing.md"
+        )
         echo("")
         echo("Try:")
         echo(f'  curl -H "Authorization: Bearer $EHR_TOKEN_CLINIC_A" {base}/tenants/clinic-a/fhir/metadata')

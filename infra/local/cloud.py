@@ -65,6 +65,11 @@ class LocalResources:
     s3_endpoint: str = ""  # the loopback S3 server (presigned URLs), see infra/local/s3_server.py
     lab_workflow_function_arn: str = ""
     lab_order_dead_letter_queue_url: str = ""
+    # Cross-facility sharing: the master patient index, its tokenisation key, and where failed
+    # Subscription notifications go.
+    mpi_table: str = ""
+    mpi_key_secret_name: str = ""
+    subscription_dead_letter_queue_url: str = ""
     # Emulated Lambda function name -> the folder under functions/ whose handler serves it.
     function_names: dict[str, str] = field(default_factory=dict)
 
@@ -215,7 +220,7 @@ class LocalCloud:
         code = io.BytesIO()
         with zipfile.ZipFile(code, "w") as archive:
             archive.writestr("README", "served in-process by ehr local")
-        for function in (names.FN_LAB_WORKFLOW,):
+        for function in (names.FN_LAB_WORKFLOW, names.FN_SHARING_NOTIFIER):
             name = f"{self.prefix}-{function}"
             function_arns[function] = self.client("lambda").create_function(
                 FunctionName=name,
@@ -242,6 +247,7 @@ class LocalCloud:
         targets = {
             "lab_order_state_machine": state_machine_arn,
             "lab_workflow_function": function_arns[names.FN_LAB_WORKFLOW],
+            "sharing_notifier_function": function_arns[names.FN_SHARING_NOTIFIER],
         }
         for rule in events.RULES:
             eventbridge.put_rule(
@@ -269,6 +275,11 @@ class LocalCloud:
         self.client("secretsmanager").create_secret(
             Name=cursor_secret, SecretString=secrets.token_hex(32), KmsKeyId=key_arn
         )
+        mpi_key_secret = f"{self.prefix}/mpi-key"
+        self.client("secretsmanager").create_secret(
+            Name=mpi_key_secret, SecretString=secrets.token_hex(32), KmsKeyId=key_arn
+        )
+        subscription_dlq_url = sqs.create_queue(QueueName=f"{self.prefix}-subscription-dlq")["QueueUrl"]
 
         return LocalResources(
             region=self.region,
@@ -284,5 +295,8 @@ class LocalCloud:
             archive_bucket=archive_bucket,
             lab_workflow_function_arn=function_arns[names.FN_LAB_WORKFLOW],
             lab_order_dead_letter_queue_url=lab_dlq_url,
+            mpi_table=table_names[store.MPI_TABLE.logical_id],
+            mpi_key_secret_name=mpi_key_secret,
+            subscription_dead_letter_queue_url=subscription_dlq_url,
             function_names=function_names,
         )

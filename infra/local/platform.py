@@ -25,6 +25,7 @@ from ehr.settings import (
     DocumentVerifierSettings,
     FhirApiSettings,
     LabWorkflowSettings,
+    SharingNotifierSettings,
     environment_for,
 )
 from ehr.store.tenants import DynamoTenantDirectory
@@ -39,7 +40,7 @@ from infra.local.backend_services import (
 )
 from infra.local.cloud import LocalCloud, LocalResources
 from infra.local.gateway import MAX_BODY_BYTES, GatewayResult, LocalFunctions, LocalGateway
-from infra.local.issuer import DevIssuer
+from infra.local.issuer import DevIssuer, ehr_home
 
 TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
 LAB_PARTNER = "acme-lab"
@@ -64,6 +65,12 @@ def function_environment(
         "token_endpoint": token_endpoint,
         "token_endpoint_auth_methods": "private_key_jwt" if token_endpoint else None,
     }
+    # Local mode: Subscriptions may deliver to receivers on this machine (http://127.0.0.1).
+    sharing: dict[str, Any] = {
+        "mpi_table": resources.mpi_table,
+        "mpi_key_secret_name": resources.mpi_key_secret_name,
+        "subscription_allow_loopback": True,
+    }
     env = {
         **environment_for(AuthorizerSettings, **auth),
         **environment_for(DiscoverySettings, **auth),
@@ -72,6 +79,7 @@ def function_environment(
             records_table=resources.records_table,
             audit_table=resources.audit_table,
             cursor_secret_name=resources.cursor_secret_name,
+            **sharing,
             **auth,
         ),
         **environment_for(
@@ -95,7 +103,20 @@ def function_environment(
             lab_result_timeout_seconds=lab_result_timeout,
         ),
         **environment_for(
-            ChangePublisherSettings, environment=auth["environment"], event_bus_name=resources.event_bus_name
+            ChangePublisherSettings,
+            environment=auth["environment"],
+            event_bus_name=resources.event_bus_name,
+            **sharing,
+        ),
+        **environment_for(
+            SharingNotifierSettings,
+            environment=auth["environment"],
+            records_table=resources.records_table,
+            audit_table=resources.audit_table,
+            cursor_secret_name=resources.cursor_secret_name,
+            event_bus_name=resources.event_bus_name,
+            subscription_dead_letter_queue_url=resources.subscription_dead_letter_queue_url,
+            **sharing,
         ),
         "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,
@@ -182,10 +203,60 @@ def seed_lab_partner(resources: LocalResources, webhook_url: str, secret: bytes)
         )
 
 
+def subscription_key_path(tenant: str) -> Path:
+    """Where local mode keeps a tenant's Subscription signing key, for webhook receivers to
+    verify ``X-EHR-Signature`` (in the cloud: the Secrets Manager secret ``ehr/subscriptions/{tenant}``)."""
+    return ehr_home() / "subscriptions" / f"{tenant}.key"
+
+
+def subscription_key(tenant: str) -> str:
+    """The tenant's key, created once and kept across restarts."""
+    path = subscription_key_path(tenant)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def seed_demo_tenants(resources: LocalResources) -> list[str]:
+    """The demo tenants; in each clinic's store an Organization for every tenant
+    (``urn:ehr:tenant|{tenant}``, what a Consent names as actor); and each tenant's key that
+    signs its Subscription webhooks."""
+    from ehr.fhir.bundles import BundleProcessor
+    from ehr.fhir.cursors import CursorCodec
+    from ehr.fhir.searching import SearchEngine
+    from ehr.fhir.service import FhirService
+    from ehr.sharing.consent import TENANT_SYSTEM, tenant_organization
+    from ehr.store.dynamo import DynamoRecordStore
+    from ehr.store.secrets import secret_bytes
+
     directory = DynamoTenantDirectory(resources.records_table)
     for tenant_id, kind, name in names.DEMO_TENANTS:
         directory.register(new_tenant(tenant_id, kind, name))  # type: ignore[arg-type]
+    store = DynamoRecordStore(resources.records_table)
+    bundles = BundleProcessor(
+        FhirService(store),
+        SearchEngine(store, CursorCodec(lambda: secret_bytes(resources.cursor_secret_name))),
+    )
+    secrets_manager = boto3.client("secretsmanager", region_name=resources.region)
+    for tenant_id, _, _ in names.DEMO_TENANTS:
+        secret_name = names.subscription_secret_name(tenant_id)
+        key = subscription_key(tenant_id)
+        try:
+            secrets_manager.create_secret(Name=secret_name, SecretString=key)
+        except secrets_manager.exceptions.ResourceExistsException:
+            secrets_manager.put_secret_value(SecretId=secret_name, SecretString=key)
+        entries = [
+            {
+                "resource": tenant_organization(other, other_name),
+                "request": {"method": "PUT", "url": f"Organization?identifier={TENANT_SYSTEM}|{other}"},
+            }
+            for other, _, other_name in names.DEMO_TENANTS
+        ]
+        bundles.process(
+            tenant_id, {"resourceType": "Bundle", "type": "transaction", "entry": entries}, base=""
+        )
     return [t[0] for t in names.DEMO_TENANTS]
 
 
