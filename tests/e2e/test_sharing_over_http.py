@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from ehr.sharing.consent import sharing_consent
 from infra.local.webhook_receiver import WebhookReceiver
 from tests.e2e.conftest import LocalServer
 
@@ -110,39 +111,6 @@ def wait_until(check: Any, seconds: float, what: str) -> Any:
     pytest.fail(f"{what} did not happen within {seconds} s")
 
 
-def consent(patient_id: str, organization_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "policyRule": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]
-        },
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                "code": "IRCP",
-                            }
-                        ]
-                    },
-                    "reference": {"reference": f"Organization/{organization_id}"},
-                }
-            ],
-        },
-    }
-
-
 def test_consented_records_and_notifications_follow_the_patient_and_stop_on_revocation(
     local_server: LocalServer,
 ) -> None:
@@ -173,7 +141,7 @@ def test_consented_records_and_notifications_follow_the_patient_and_stop_on_revo
         assert subscription["status"] == "active"
 
         organization = a.get("Organization", identifier=f"urn:ehr:tenant|{B}")["entry"][0]["resource"]
-        granted = a.create(consent(pa["id"], organization["id"]))
+        granted = a.create(sharing_consent(pa["id"], organization["id"]))
         shared_obs = a.create(observation(pa["id"], 5.4))
 
         [delivery] = wait_until(lambda: hook.accepted, DELIVERY_SECONDS, "the delivery to B's webhook")
@@ -211,3 +179,45 @@ def test_consented_records_and_notifications_follow_the_patient_and_stop_on_revo
         if any(agent.get("who", {}).get("identifier", {}).get("value") == B for agent in e.get("agent", []))
     ]
     assert cross and cross[0]["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+
+
+def test_a_patient_registered_by_hl7_adt_is_indexed_for_match(local_server: LocalServer) -> None:
+    """ADT^A04 at clinic A (HL7 over HTTPS) → the records stream → the patient index: clinic B's
+    $match then knows a match exists elsewhere, and nothing more."""
+    b = Facility(local_server, B)
+    ssn = f"8{uuid.uuid4().int % 10**8:08d}"
+    control = uuid.uuid4().hex[:20]
+    message = "\r".join(
+        [
+            f"MSH|^~\\&|REGADT|CLINICA|EHR|EHR|20261121120000||ADT^A04^ADT_A01|{control}|P|2.5.1",
+            "EVN|A04|20261121120000",
+            f"PID|1||MRN{ssn}^^^CLINICA^MR~{ssn}^^^SSA^SS||Okonkwo^Adaeze||19850214|F|||"
+            "12 Elm St^^Springfield^MA^01101||^^PH^^^413^5550101",
+            "PV1|1|O",
+        ]
+    )
+    reply = requests.post(
+        f"{local_server.base}/tenants/{A}/hl7v2",
+        data=message.encode(),
+        headers={
+            "Content-Type": "x-application/hl7-v2+er7",
+            "Authorization": "Bearer " + local_server.token("--tenant", A, "--scope", "system/*.cruds"),
+        },
+        timeout=30,
+    )
+    assert reply.status_code == 200 and "MSA|AA" in reply.text, reply.text
+    probe = {
+        "resourceType": "Patient",
+        "name": [{"family": "Okonkwo", "given": ["Adaeze"]}],
+        "birthDate": "1985-02-14",
+        "gender": "female",
+        "address": [{"postalCode": "01101"}],
+        "telecom": [{"system": "phone", "value": "413-555-0101"}],
+    }
+
+    def elsewhere() -> list[dict[str, Any]]:
+        return [e for e in b.match(probe).get("entry", []) if "id" not in e["resource"]]
+
+    [hidden] = wait_until(elsewhere, DELIVERY_SECONDS, "indexing the ADT patient")
+    assert hidden["search"]["extension"][0]["valueCode"] in ("certain", "probable")
+    assert "Okonkwo" not in str(hidden) and A not in str(hidden)

@@ -16,7 +16,7 @@ from ehr.fhir.cursors import CursorCodec
 from ehr.security.audit import InMemoryAuditSink
 from ehr.security.tenancy import InMemoryTenantDirectory, new_tenant
 from ehr.settings import FhirApiSettings
-from ehr.sharing.consent import TENANT_SYSTEM, tenant_organization
+from ehr.sharing.consent import TENANT_SYSTEM, sharing_consent, tenant_organization
 from ehr.sharing.mpi import InMemoryPatientIndex, MasterPatientIndex
 from ehr.store.memory import InMemoryRecordStore
 
@@ -105,40 +105,7 @@ class World:
         )
 
     def consent(self, owner, patient_id, receiver, **provision):
-        body = {
-            "resourceType": "Consent",
-            "status": provision.pop("status", "active"),
-            "scope": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                        "code": "patient-privacy",
-                    }
-                ]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{patient_id}"},
-            "policyRule": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]
-            },
-            "provision": {
-                "type": "permit",
-                "actor": [
-                    {
-                        "role": {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                    "code": "IRCP",
-                                }
-                            ]
-                        },
-                        "reference": {"reference": f"Organization/{self.org[(owner, receiver)]}"},
-                    }
-                ],
-                **provision,
-            },
-        }
+        body = sharing_consent(patient_id, self.org[(owner, receiver)], **provision)
         return self.create(owner, body)[1]
 
 

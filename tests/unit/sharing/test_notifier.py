@@ -15,7 +15,7 @@ from ehr.fhir.searching import SearchEngine
 from ehr.fhir.service import FhirService
 from ehr.security.identity import Identity, Scope
 from ehr.security.scopes import AccessPolicy
-from ehr.sharing.consent import tenant_organization
+from ehr.sharing.consent import sharing_consent, tenant_organization
 from ehr.sharing.mpi import InMemoryPatientIndex, MasterPatientIndex
 from ehr.sharing.notify import Notifier
 from ehr.sharing.subscriptions import AllowList, InMemoryDeadLetters, SubscriptionDeliverer
@@ -84,39 +84,7 @@ class Setup:
         return stored.id
 
     def consent(self, owner: str, patient_id: str, receiver: str) -> dict:
-        body = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                        "code": "patient-privacy",
-                    }
-                ]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": f"Patient/{patient_id}"},
-            "policyRule": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]
-            },
-            "provision": {
-                "type": "permit",
-                "actor": [
-                    {
-                        "role": {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                    "code": "IRCP",
-                                }
-                            ]
-                        },
-                        "reference": {"reference": f"Organization/{self.orgs[(owner, receiver)]}"},
-                    }
-                ],
-            },
-        }
+        body = sharing_consent(patient_id, self.orgs[(owner, receiver)])
         stored = self.fhir.create(owner, "Consent", body).stored
         assert stored is not None and stored.body is not None
         return stored.body

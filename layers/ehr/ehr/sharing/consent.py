@@ -40,6 +40,7 @@ TENANT_SYSTEM: Final = "urn:ehr:tenant"
 CONSENT_SCOPE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/consentscope"
 PATIENT_PRIVACY: Final = "patient-privacy"
 RESOURCE_TYPES_SYSTEM: Final = "http://hl7.org/fhir/resource-types"
+PARTICIPATION_TYPE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DEFAULT_PURPOSE: Final = "TREAT"
 MAX_CONSENTS: Final = 100
 # Provision elements that narrow by content (specific resources, security labels, codes, the
@@ -66,6 +67,33 @@ def tenant_organization(tenant: str, name: str) -> dict[str, Any]:
         "identifier": [{"system": TENANT_SYSTEM, "value": tenant}],
         "active": True,
         "name": name,
+    }
+
+
+def sharing_consent(patient_id: str, organization_id: str, **provision: Any) -> dict[str, Any]:
+    """A patient's Consent to share their records with the facility whose Organization (in the
+    owner's store) is ``organization_id``: a permit for that actor (role IRCP, the recipient);
+    ``provision`` adds or overrides provision elements (period, class, purpose, nested
+    provisions, type)."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": PATIENT_PRIVACY}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "policyRule": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]
+        },
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {"coding": [{"system": PARTICIPATION_TYPE_SYSTEM, "code": "IRCP"}]},
+                    "reference": {"reference": f"Organization/{organization_id}"},
+                }
+            ],
+            **provision,
+        },
     }
 
 

@@ -105,20 +105,20 @@ class CrossFacility:
     def shared_compartments(
         self, receiver: str, patient_id: str, *, purpose: str | None, base_of: Callable[[str], str]
     ) -> list[SharedCompartment]:
-        compartments = []
-        for grant in self.grants(receiver, patient_id, purpose):
-            owner = self.tenants.get(grant.owner)
-            compartments.append(
-                SharedCompartment(
-                    tenant=grant.owner,
-                    patient_id=grant.patient_id,
-                    base=base_of(grant.owner),
-                    remote=True,
-                    source_name=owner.name if owner is not None else "",
-                    permits=grant.permits,
-                )
-            )
+        compartments = [self._compartment(g, base_of) for g in self.grants(receiver, patient_id, purpose)]
         return compartments
+
+    def _compartment(self, grant: Grant, base_of: Callable[[str], str]) -> SharedCompartment:
+        """The owner's compartment of the patient, as the grant shares it with the receiver."""
+        owner = self.tenants.get(grant.owner)
+        return SharedCompartment(
+            tenant=grant.owner,
+            patient_id=grant.patient_id,
+            base=base_of(grant.owner),
+            remote=True,
+            source_name=owner.name if owner is not None else "",
+            permits=grant.permits,
+        )
 
     # -- the owner's side of the audit trail ---------------------------------------------------
 
@@ -200,15 +200,7 @@ class CrossFacility:
                 continue
             grant = self.consents.grant(match.tenant, match.patient_id, receiver, purpose or DEFAULT_PURPOSE)
             if grant.permits("Patient"):
-                owner = self.tenants.get(match.tenant)
-                compartment = SharedCompartment(
-                    tenant=match.tenant,
-                    patient_id=match.patient_id,
-                    base=base_of(match.tenant),
-                    remote=True,
-                    source_name=owner.name if owner is not None else "",
-                    permits=grant.permits,
-                )
+                compartment = self._compartment(grant, base_of)
                 shared.append((compartment, stored))
                 url = f"{compartment.base}/Patient/{stored.id}"
                 entries.append(_match_entry(url, compartment.label(stored.body), match))
