@@ -45,6 +45,10 @@ REFUSED: dict[str, tuple[int, str | None]] = {
     # Valid R4, but AuditEvents are the server's own append-only record (DESIGN.md): clients
     # cannot create them.
     "fhir-test-cases__auditevent-example.json": (405, None),
+    # Valid R4, but its rest-hook endpoint (https://biliwatch.com/…) is not on the tenant's
+    # allow-list (docs/subscriptions.md): the platform only calls endpoints an administrator
+    # registered for the tenant.
+    "fhir-test-cases__subscription-example.json": (422, "Subscription.channel.endpoint"),
 }
 
 
