@@ -26,6 +26,7 @@ from ehr.settings import (
     Hl7v2InboundSettings,
     LabWorkflowSettings,
     SharingNotifierSettings,
+    TokenCustomizerSettings,
     environment_for,
 )
 from infra.bundling import function_code, layer_code
@@ -55,6 +56,7 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_LAB_WORKFLOW: LabWorkflowSettings,
     names.FN_CHANGE_PUBLISHER: ChangePublisherSettings,
     names.FN_SHARING_NOTIFIER: SharingNotifierSettings,
+    names.FN_TOKEN_CUSTOMIZER: TokenCustomizerSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
 INVOKED_BY: Final[dict[str, str]] = {
@@ -72,6 +74,8 @@ INVOKED_BY: Final[dict[str, str]] = {
     "(failed batches go to its on-failure SQS queue)",
     names.FN_SHARING_NOTIFIER: "the ResourceChangedRule EventBridge rule (asynchronously; failed events go "
     "to its on-failure SQS queue)",
+    names.FN_TOKEN_CUSTOMIZER: "the Cognito user pool's pre token generation trigger (event version V3_0) "
+    "before the pool issues an access token",
 }
 
 # What each function talks to over the network, for the reason of the VPC acknowledgement.
@@ -98,7 +102,14 @@ REACHES: Final[dict[str, str]] = {
     "platform bus), SQS (the Subscription dead-letter queue and its on-failure queue), KMS through them "
     "and X-Ray, over TLS with IAM, and the tenants' Subscription endpoints over HTTPS (each request "
     "HMAC-signed, each URL within the tenant's subscription_endpoints allow-list)",
+    names.FN_TOKEN_CUSTOMIZER: "Amazon Cognito (DescribeUserPoolClient on the stack's user pool, for the "
+    "name that binds an app client to a tenant) and X-Ray, over TLS with IAM",
 }
+# Functions that exist only with the stack's own Cognito user pool (auth mode "cognito"): an
+# external OIDC issuer puts the tenant claim into its tokens itself.
+COGNITO_ONLY: Final = frozenset({names.FN_TOKEN_CUSTOMIZER})
+# Cognito waits about five seconds for a trigger; a longer timeout would only hold the token request.
+COGNITO_TRIGGER_TIMEOUT_SECONDS: Final = 5
 # Functions that call URLs outside AWS which change with onboarding: why a VPC would not narrow it.
 OPEN_EGRESS: Final[dict[str, str]] = {
     names.FN_LAB_WORKFLOW: "partner webhooks are per-tenant HTTPS URLs, so egress could only be narrowed "
@@ -133,6 +144,11 @@ POWERTOOLS_ENVIRONMENT: Final = {
 }
 
 
+def deployed_functions(identity: Identity) -> tuple[str, ...]:
+    """The functions of ``names.FUNCTIONS`` this stack creates (the Cognito trigger only with a pool)."""
+    return tuple(fn for fn in names.FUNCTIONS if identity.user_pool is not None or fn not in COGNITO_ONLY)
+
+
 def pascal(name: str) -> str:
     """``fhir_api`` -> ``FhirApi`` (construct ids are PascalCase)."""
     return "".join(part.title() for part in name.split("_"))
@@ -152,8 +168,11 @@ class Compute(Construct):
     its key (``change_publisher``, which indexes every committed Patient version, also writes it);
     one whose settings name ``subscription_dead_letter_queue_url`` (``sharing_notifier``) reads the
     tenants' Subscription signing secrets and dead-letters undelivered notifications. The others
-    touch no data. Grants that name the lab-order state machine are added by ``Workflows`` once it
-    exists (the stack wires them).
+    touch no data. In ``cognito`` mode ``token_customizer`` becomes the user pool's pre token
+    generation trigger and may read the pool's app client names
+    (``Identity.attach_token_customizer``); without a pool it is not created
+    (``deployed_functions``). Grants that name the lab-order state machine are added by
+    ``Workflows`` once it exists (the stack wires them).
     """
 
     def __init__(
@@ -212,7 +231,7 @@ class Compute(Construct):
         self.async_configs: dict[str, lambda_.EventInvokeConfig] = {}
         self.dead_letter_queues: dict[str, sqs.IQueue] = {}
 
-        for fn in names.FUNCTIONS:
+        for fn in deployed_functions(identity):
             model = SETTINGS[fn]
             fid = pascal(fn)
             log_group = logs.LogGroup(
@@ -284,11 +303,20 @@ class Compute(Construct):
                 log_group=log_group,
                 tracing=lambda_.Tracing.ACTIVE,
                 memory_size=config.function_memory_mb,
-                timeout=Duration.seconds(config.timeout_seconds(fn)),
+                timeout=Duration.seconds(
+                    min(config.timeout_seconds(fn), COGNITO_TRIGGER_TIMEOUT_SECONDS)
+                    if fn in COGNITO_ONLY
+                    else config.timeout_seconds(fn)
+                ),
                 reserved_concurrent_executions=config.reserved_concurrency.get(fn),
                 environment={**environment_for(model, **values), **POWERTOOLS_ENVIRONMENT},
             )
-            function.node.add_dependency(policy)
+            if fn == names.FN_TOKEN_CUSTOMIZER:
+                # No DependsOn on the policy here: the pool invokes the function and the policy names
+                # the pool, so pool -> function -> policy -> pool would be a CloudFormation cycle.
+                identity.attach_token_customizer(function, policy)
+            else:
+                function.node.add_dependency(policy)
             if "archive_bucket" in model.model_fields:
                 audit.attach_archiver(function, policy)
             if documents is not None and fn == names.FN_DOCUMENT_VERIFIER:

@@ -3,6 +3,11 @@
 Either way the construct exposes the same five values (``issuer``, ``audience``, ``jwks_url``,
 ``token_endpoint``, ``tenant_claim``) that the authorizer and the functions receive through
 ``ehr.settings.environment_for``.
+
+In ``cognito`` mode the tenant claim comes from the pool's pre token generation trigger (the
+``token_customizer`` function, ``attach_token_customizer``): an administrator binds a partner's app
+client to a tenant by naming it ``tenant.{tenant}[.{label}]`` (docs/security.md). The stack's own
+``SystemClient`` is named so that it binds no tenant.
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from typing import Final
 
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cognito as cognito
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from ehr import names
 from infra.config import EnvironmentConfig
 from infra.constructs.nag import acknowledge
+
+# What the pre token generation trigger may ask the pool: an app client's name (its tenant binding).
+CLIENT_LOOKUP_ACTIONS: Final = ("cognito-idp:DescribeUserPoolClient",)
 
 # SMART on FHIR backend-services scopes. Cognito scope names cannot contain "/", so the resource
 # server's identifier is "system" and a granted scope reads "system/<name>" exactly as SMART spells it.
@@ -90,8 +100,11 @@ class Identity(Construct):
         self.domain = self.user_pool.add_domain(
             "Domain", cognito_domain=cognito.CognitoDomainOptions(domain_prefix=domain_prefix)
         )
+        # Named so that it binds no tenant: its tokens get no tenant claim and tenant routes refuse
+        # them. Partners get app clients of their own, named tenant.{tenant}[.{label}] at onboarding.
         self.client = self.user_pool.add_client(
             "SystemClient",
+            user_pool_client_name=names.COGNITO_SYSTEM_CLIENT_NAME,
             generate_secret=True,
             auth_flows=cognito.AuthFlow(),
             o_auth=cognito.OAuthSettings(
@@ -115,6 +128,24 @@ class Identity(Construct):
         self.token_endpoint_auth_methods = "client_secret_basic client_secret_post"  # noqa: S105 - method names
         # Cognito access tokens carry the app client in `client_id` and have no `aud` claim.
         self.audience = auth.audience or self.client.user_pool_client_id
+
+    def attach_token_customizer(self, function: lambda_.IFunction, policy: iam.ManagedPolicy) -> None:
+        """Make ``function`` the pool's pre token generation trigger (event version V3_0, which covers
+        client-credentials grants on the Essentials tier) and let ``policy`` read the pool's app
+        client names, which bind clients to tenants. Only this pool: a wildcard would also reach
+        other pools' clients (DescribeUserPoolClient answers with the client secret)."""
+        if self.user_pool is None:
+            raise ValueError("the token customizer needs the stack's Cognito user pool (auth mode 'cognito')")
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="ReadAppClientTenantBindings",
+                actions=list(CLIENT_LOOKUP_ACTIONS),
+                resources=[self.user_pool.user_pool_arn],
+            )
+        )
+        self.user_pool.add_trigger(
+            cognito.UserPoolOperation.PRE_TOKEN_GENERATION_CONFIG, function, cognito.LambdaVersion.V3_0
+        )
 
     def settings(self) -> dict[str, str | None]:
         """The auth values of ``ehr.settings.AuthSettings`` (issuer, audience, jwks_url, ...)."""

@@ -26,6 +26,7 @@ from ehr.settings import (
     FhirApiSettings,
     LabWorkflowSettings,
     SharingNotifierSettings,
+    TokenCustomizerSettings,
     environment_for,
 )
 from ehr.store.tenants import DynamoTenantDirectory
@@ -117,6 +118,11 @@ def function_environment(
             event_bus_name=resources.event_bus_name,
             subscription_dead_letter_queue_url=resources.subscription_dead_letter_queue_url,
             **sharing,
+        ),
+        # Loaded like every function, never invoked: the local issuer puts the tenant into its
+        # tokens itself, so no Cognito trigger runs here.
+        **environment_for(
+            TokenCustomizerSettings, environment=auth["environment"], tenant_claim=auth["tenant_claim"]
         ),
         "POWERTOOLS_SERVICE_NAME": names.SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": names.METRICS_NAMESPACE,

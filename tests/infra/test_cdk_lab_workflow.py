@@ -206,7 +206,7 @@ def test_lab_workflow_and_hl7v2_inbound_may_send_task_success_to_the_lab_order_s
 
 
 def test_no_other_function_may_signal_a_workflow(any_env) -> None:
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn not in (names.FN_LAB_WORKFLOW, names.FN_HL7V2_INBOUND):
             assert not with_service(function_statements(any_env, fn), "states"), fn
 
@@ -225,7 +225,7 @@ def test_lab_workflow_may_read_only_the_partner_secrets_and_the_cursor_secret(an
 
 
 def test_no_other_function_may_read_partner_secrets(any_env) -> None:
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn != names.FN_LAB_WORKFLOW:
             text = json.dumps(function_statements(any_env, fn))
             assert names.PARTNER_SECRET_PREFIX not in text, fn
@@ -382,7 +382,7 @@ def test_the_change_publisher_gets_the_bus_name(any_env) -> None:
 
 def test_only_the_change_publisher_the_notifier_and_the_workflow_may_put_events(any_env) -> None:
     # (the workflow's own role is not a function's: workflow_statements)
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn not in (names.FN_CHANGE_PUBLISHER, names.FN_SHARING_NOTIFIER):
             assert not with_service(function_statements(any_env, fn), "events"), fn
 

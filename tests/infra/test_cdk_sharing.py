@@ -224,7 +224,7 @@ def test_the_notifier_may_read_only_subscription_secrets_by_prefix_and_its_own_s
 
 
 def test_no_other_function_may_read_subscription_secrets(any_env) -> None:
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn != names.FN_SHARING_NOTIFIER:
             assert names.SUBSCRIPTION_SECRET_PREFIX not in json.dumps(function_statements(any_env, fn)), fn
 
@@ -243,7 +243,7 @@ def test_the_notifier_may_dead_letter_notifications_and_its_failed_events_only(a
 
 def test_only_the_notifier_may_send_to_the_subscription_dead_letter_queue(any_env) -> None:
     queue = getatt(any_env, any_env.stack.sharing.subscription_dead_letters)
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn != names.FN_SHARING_NOTIFIER:
             assert not on(function_statements(any_env, fn), queue), fn
 
@@ -270,7 +270,7 @@ def test_the_fhir_api_reaches_the_index_but_not_the_subscription_secrets(any_env
 
 def test_functions_without_the_index_in_their_settings_cannot_touch_it(any_env) -> None:
     sharing = any_env.stack.sharing
-    for fn in names.FUNCTIONS:
+    for fn in any_env.stack.compute.functions:
         if fn not in INDEX_READERS:
             text = json.dumps(function_statements(any_env, fn))
             assert any_env.logical_id(sharing.mpi_table) not in text, fn

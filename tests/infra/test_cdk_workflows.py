@@ -107,8 +107,8 @@ def test_queues_and_topic_refuse_plain_http(any_env) -> None:
 def test_alarms_cover_api_functions_workflow_and_dead_letters(any_env) -> None:
     alarms = any_env.stack.monitoring.alarms
     expected = {"Api5xx", "ApiThrottled", "LabOrderExecutionsFailed", "LabOrderExecutionsTimedOut"}
-    expected |= {f"{fn.title().replace('_', '')}Throttles" for fn in names.FUNCTIONS}
-    expected |= {f"{fn.title().replace('_', '')}Errors" for fn in names.FUNCTIONS}
+    expected |= {f"{fn.title().replace('_', '')}Throttles" for fn in any_env.stack.compute.functions}
+    expected |= {f"{fn.title().replace('_', '')}Errors" for fn in any_env.stack.compute.functions}
     expected |= {f"{rule.logical_id}DeadLetters" for rule in RULES}
     assert expected <= set(alarms)
     topic = {"Ref": any_env.logical_id(any_env.stack.monitoring.topic)}

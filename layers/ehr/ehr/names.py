@@ -21,6 +21,9 @@ FN_HL7V2_INBOUND: Final = "hl7v2_inbound"
 FN_LAB_WORKFLOW: Final = "lab_workflow"
 FN_CHANGE_PUBLISHER: Final = "change_publisher"
 FN_SHARING_NOTIFIER: Final = "sharing_notifier"
+# Cognito's pre token generation trigger: deployed with the stack's own user pool (auth mode
+# "cognito") only; an external OIDC issuer puts the tenant claim into its tokens itself.
+FN_TOKEN_CUSTOMIZER: Final = "token_customizer"  # noqa: S105 - a function name, not a secret
 FUNCTIONS: Final = (
     FN_FHIR_API,
     FN_DISCOVERY,
@@ -31,6 +34,7 @@ FUNCTIONS: Final = (
     FN_LAB_WORKFLOW,
     FN_CHANGE_PUBLISHER,
     FN_SHARING_NOTIFIER,
+    FN_TOKEN_CUSTOMIZER,
 )
 HANDLER_ATTRIBUTE: Final = "lambda_handler"
 
@@ -69,6 +73,22 @@ SUBSCRIPTION_SECRET_PREFIX: Final = "ehr/subscriptions/"  # noqa: S105 - a name 
 
 def subscription_secret_name(tenant: str) -> str:
     return f"{SUBSCRIPTION_SECRET_PREFIX}{tenant}"
+
+
+# Cognito app clients (auth mode "cognito"): an administrator binds a partner's app client to a
+# tenant by its name, ``tenant.{tenant}`` or ``tenant.{tenant}.{label}`` ("." never occurs in a
+# tenant id, so the tenant is unambiguous); the pre token generation trigger reads the name.
+# Any other name binds no tenant, and tokens of that client are refused on tenant routes.
+COGNITO_TENANT_CLIENT_PREFIX: Final = "tenant."
+COGNITO_CLIENT_LABEL_SEPARATOR: Final = "."
+# The stack's own app client binds no tenant (its id is the default audience; see docs/security.md).
+COGNITO_SYSTEM_CLIENT_NAME: Final = "ehr-system-no-tenant"
+
+
+def cognito_tenant_client_name(tenant: str, label: str | None = None) -> str:
+    """The app client name that binds a client to ``tenant`` (``label`` tells clients apart)."""
+    name = f"{COGNITO_TENANT_CLIENT_PREFIX}{tenant}"
+    return f"{name}{COGNITO_CLIENT_LABEL_SEPARATOR}{label}" if label else name
 
 
 # Local development identity provider.

@@ -214,6 +214,27 @@ class AuditArchiverSettings(BaseSettings):
     archive_bucket: str = Field(description="S3 bucket (Object Lock, COMPLIANCE) of archived AuditEvents.")
 
 
+class TokenCustomizerSettings(BaseSettings):
+    """Settings of Cognito's pre token generation trigger (``ehr.security.cognito_claims``).
+
+    No user pool id: the trigger event names its pool, and a pool id here would make the pool
+    depend on the function that the pool itself invokes (a CloudFormation cycle).
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+    tenant_claim: str = Field(
+        default=names.DEFAULT_TENANT_CLAIM, description="Claim that carries the tenant in access tokens."
+    )
+    client_cache_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How long a warm function remembers an app client's tenant binding (0: ask every time).",
+    )
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
