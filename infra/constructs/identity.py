@@ -54,6 +54,7 @@ class Identity(Construct):
             assert auth.issuer is not None and auth.jwks_url is not None  # validated by AuthConfig
             self.issuer: str = auth.issuer
             self.audience: str = auth.audience or names.DEFAULT_AUDIENCE
+            self.token_profile: str = "jwt"
             self.jwks_url: str = auth.jwks_url
             self.token_endpoint: str | None = auth.token_endpoint
             self.token_endpoint_auth_methods: str | None = auth.token_endpoint_auth_methods
@@ -126,8 +127,11 @@ class Identity(Construct):
         self.token_endpoint = f"{self.domain.base_url()}/oauth2/token"
         # Cognito app clients with a secret authenticate at the token endpoint with it.
         self.token_endpoint_auth_methods = "client_secret_basic client_secret_post"  # noqa: S105 - method names
-        # Cognito access tokens carry the app client in `client_id` and have no `aud` claim.
+        # Cognito access tokens carry the app client in `client_id` and have no `aud` claim: the
+        # functions verify them with the cognito-access profile (token_use "access", this pool as
+        # issuer); the audience setting is then not checked.
         self.audience = auth.audience or self.client.user_pool_client_id
+        self.token_profile = "cognito-access"
 
     def attach_token_customizer(self, function: lambda_.IFunction, policy: iam.ManagedPolicy) -> None:
         """Make ``function`` the pool's pre token generation trigger (event version V3_0, which covers
@@ -156,4 +160,5 @@ class Identity(Construct):
             "tenant_claim": self.tenant_claim,
             "token_endpoint": self.token_endpoint,
             "token_endpoint_auth_methods": self.token_endpoint_auth_methods,
+            "token_profile": self.token_profile,
         }

@@ -112,3 +112,14 @@ def test_oidc_mode_has_no_pool_no_trigger_and_no_token_customizer(oidc) -> None:
     template = json.dumps(oidc.resources)
     assert "cognito-idp" not in template
     assert "TokenCustomizer" not in template
+
+
+def test_cognito_tokens_are_verified_as_access_tokens_without_aud(cognito_env, oidc) -> None:
+    # Cognito access tokens carry no `aud`: the authorizer and every function verify them with the
+    # cognito-access profile (token_use "access", this pool as issuer); an OIDC issuer keeps `aud`.
+    for fn in (names.FN_AUTHORIZER, names.FN_FHIR_API):
+        cognito_vars = function_props(cognito_env, fn)["Environment"]["Variables"]
+        assert cognito_vars["EHR_TOKEN_PROFILE"] == "cognito-access", fn
+        assert (
+            function_props(oidc, fn)["Environment"]["Variables"].get("EHR_TOKEN_PROFILE", "jwt") == "jwt"
+        ), fn

@@ -150,3 +150,67 @@ def test_a_missing_or_non_bearer_header_is_a_401(header):
     with pytest.raises(OperationOutcomeError) as caught:
         bearer_token(header)
     assert caught.value.status == 401
+
+
+# -- Cognito access tokens (the stack's default issuer) ----------------------------------------
+
+
+def cognito_token(issuer: DevIssuer, **claims: object) -> str:
+    """A token shaped as Cognito issues client-credentials access tokens: no ``aud``, the app
+    client in ``client_id``, ``token_use`` access (signed by the development key for the test)."""
+    payload = jwt.decode(
+        issuer.mint(tenant="clinic-a", scope="system/*.rs", client_id="3n4b5urk1ft4fl3mg5e62d9ado"),
+        options={"verify_signature": False},
+    )
+    payload.pop("aud")
+    payload["token_use"] = "access"
+    payload.update(claims)
+    return jwt.encode(
+        {k: v for k, v in payload.items() if v is not None},
+        issuer._key,
+        algorithm="RS256",
+        headers={"kid": issuer.kid},
+    )
+
+
+@pytest.fixture
+def cognito_verifier(issuer: DevIssuer) -> TokenVerifier:
+    return TokenVerifier(
+        issuer=names.LOCAL_ISSUER,
+        audience="unused-with-this-profile",
+        keys=StaticJwks(issuer.jwks()),
+        profile="cognito-access",
+    )
+
+
+def test_a_cognito_access_token_without_aud_verifies_with_the_cognito_profile(
+    issuer, cognito_verifier, verifier
+):
+    token = cognito_token(issuer)
+    claims = cognito_verifier.verify(token)
+    assert claims["client_id"] == "3n4b5urk1ft4fl3mg5e62d9ado" and claims["tenant"] == "clinic-a"
+    # The generic profile keeps requiring an audience.
+    assert "aud" in refused(verifier, token).issues[0].diagnostics
+
+
+def test_the_cognito_profile_refuses_id_tokens_and_tokens_without_token_use(issuer, cognito_verifier):
+    assert "access" in refused(cognito_verifier, cognito_token(issuer, token_use="id")).issues[0].diagnostics
+    assert (
+        "token_use" in refused(cognito_verifier, cognito_token(issuer, token_use=None)).issues[0].diagnostics
+    )
+    with_aud = cognito_token(issuer, aud="3n4b5urk1ft4fl3mg5e62d9ado")
+    assert "access" in refused(cognito_verifier, with_aud).issues[0].diagnostics
+
+
+def test_the_cognito_profile_still_checks_issuer_signature_and_expiry(issuer, other_issuer, cognito_verifier):
+    assert (
+        "issuer"
+        in refused(cognito_verifier, cognito_token(issuer, iss="https://evil.example")).issues[0].diagnostics
+    )
+    assert (
+        "expired"
+        in refused(cognito_verifier, cognito_token(issuer, exp=int(time.time()) - 120)).issues[0].diagnostics
+    )
+    foreign = jwt.decode(cognito_token(other_issuer), options={"verify_signature": False})
+    assert foreign["token_use"] == "access"
+    refused(cognito_verifier, cognito_token(other_issuer))

@@ -48,7 +48,10 @@ def key_source(settings: AuthSettings) -> KeySource:
 
 def authenticator(settings: AuthSettings, *, keys: KeySource | None = None) -> BearerAuthenticator:
     verifier = TokenVerifier(
-        issuer=settings.issuer, audience=settings.audience, keys=keys or key_source(settings)
+        issuer=settings.issuer,
+        audience=settings.audience,
+        keys=keys or key_source(settings),
+        profile=settings.token_profile,
     )
     return BearerAuthenticator(verifier, tenant_claim=settings.tenant_claim)
 

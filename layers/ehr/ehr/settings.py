@@ -7,7 +7,7 @@ The CDK stack and the local emulator build a function's environment with
 from __future__ import annotations
 
 import json
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,11 @@ class AuthSettings(BaseSettings):
         default=None, description="The issuer's public JWKS inline (local mode, where no URL is reachable)."
     )
     tenant_claim: str = Field(default=names.DEFAULT_TENANT_CLAIM, description="Claim naming the tenant.")
+    token_profile: Literal["jwt", "cognito-access"] = Field(
+        default="jwt",
+        description="jwt: `aud` must equal the audience; cognito-access: Cognito access tokens "
+        "(no `aud`; `token_use` access, `client_id`), the stack's own pool as issuer.",
+    )
     token_endpoint: str | None = Field(default=None, description="Issuer's OAuth 2.0 token endpoint.")
     token_endpoint_auth_methods: str | None = Field(
         default=None, description="Space-separated client authentication methods the token endpoint accepts."

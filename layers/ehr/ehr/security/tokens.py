@@ -8,7 +8,7 @@ and cached by PyJWT's ``PyJWKClient``.
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
@@ -18,7 +18,12 @@ from ehr.fhir.outcome import OperationOutcomeError, unauthorized
 # Asymmetric algorithms only: "none" and the HMAC family can never verify a token here.
 ALLOWED_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384")
 REQUIRED_CLAIMS: Final = ("exp", "iat", "iss", "aud", "sub")
+# Cognito access tokens have no ``aud``: they name the app client in ``client_id`` and say what
+# they are in ``token_use``. With the ``cognito-access`` profile the issuer (the stack's own user
+# pool, which serves this API only) stands for the audience, and only access tokens are accepted.
+COGNITO_REQUIRED_CLAIMS: Final = ("exp", "iat", "iss", "sub", "client_id", "token_use")
 LEEWAY_SECONDS: Final = 30
+TokenProfile = Literal["jwt", "cognito-access"]
 
 
 class KeySource(Protocol):
@@ -63,9 +68,18 @@ class RemoteJwks:
 class TokenVerifier:
     """Verifies an access token and returns its claims, or raises a 401 OperationOutcomeError."""
 
-    def __init__(self, *, issuer: str, audience: str, keys: KeySource, leeway: int = LEEWAY_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        keys: KeySource,
+        leeway: int = LEEWAY_SECONDS,
+        profile: TokenProfile = "jwt",
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
+        self.profile = profile
         self._keys = keys
         self._leeway = leeway
 
@@ -79,14 +93,19 @@ class TokenVerifier:
             raise unauthorized(f"Tokens signed with {str(algorithm)[:16]!r} are not accepted.")
         key = self._keys.key_for(token, header.get("kid"))
         try:
+            cognito = self.profile == "cognito-access"
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,
                 algorithms=list(ALLOWED_ALGORITHMS),
-                audience=self.audience,
+                audience=None if cognito else self.audience,
                 issuer=self.issuer,
                 leeway=self._leeway,
-                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
+                options={
+                    "require": list(COGNITO_REQUIRED_CLAIMS if cognito else REQUIRED_CLAIMS),
+                    "verify_signature": True,
+                    "verify_aud": not cognito,
+                },
             )
         except jwt.ExpiredSignatureError as exc:
             raise unauthorized("The bearer token has expired.") from exc
@@ -102,6 +121,9 @@ class TokenVerifier:
             raise unauthorized("The bearer token's signature does not verify.") from exc
         except jwt.InvalidTokenError as exc:
             raise unauthorized("The bearer token is not valid.") from exc
+        if self.profile == "cognito-access" and (claims.get("token_use") != "access" or "aud" in claims):
+            # An ID token (token_use "id", with an aud) proves who signed in, not what they may do.
+            raise unauthorized("Only access tokens are accepted (token_use must be 'access').")
         return claims
 
 
