@@ -54,7 +54,7 @@ class Identity(Construct):
             assert auth.issuer is not None and auth.jwks_url is not None  # validated by AuthConfig
             self.issuer: str = auth.issuer
             self.audience: str = auth.audience or names.DEFAULT_AUDIENCE
-            self.token_profile: str = "jwt"
+            self.token_profile: str = "jwt"  # noqa: S105 - a profile name, not a secret
             self.jwks_url: str = auth.jwks_url
             self.token_endpoint: str | None = auth.token_endpoint
             self.token_endpoint_auth_methods: str | None = auth.token_endpoint_auth_methods
@@ -131,7 +131,7 @@ class Identity(Construct):
         # functions verify them with the cognito-access profile (token_use "access", this pool as
         # issuer); the audience setting is then not checked.
         self.audience = auth.audience or self.client.user_pool_client_id
-        self.token_profile = "cognito-access"
+        self.token_profile = "cognito-access"  # noqa: S105 - a profile name, not a secret
 
     def attach_token_customizer(self, function: lambda_.IFunction, policy: iam.ManagedPolicy) -> None:
         """Make ``function`` the pool's pre token generation trigger (event version V3_0, which covers
