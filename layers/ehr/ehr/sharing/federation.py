@@ -187,25 +187,33 @@ class CrossFacility:
         own: list[StoredResource] = []
         shared: list[tuple[SharedCompartment, StoredResource]] = []
         withheld = 0
+        mine = self.store.current_many(
+            receiver, [("Patient", m.patient_id) for m in matches if m.tenant == receiver]
+        )
         for match in matches:
-            stored = self.store.current(match.tenant, "Patient", match.patient_id)
-            if stored is None or stored.deleted:
-                continue  # the index lags a deletion by a moment
             if match.tenant == receiver:
+                stored = mine.get(("Patient", match.patient_id))
+                if stored is None or stored.deleted:
+                    continue  # the index lags a deletion by a moment
                 if not access.may_see(stored):
                     withheld += 1
                     continue
                 own.append(stored)
                 entries.append(_match_entry(f"{base_of(receiver)}/Patient/{stored.id}", stored.body, match))
                 continue
+            # Another facility's record: its consent decides first, so nothing of it is read
+            # unless it may be shown.
             grant = self.consents.grant(match.tenant, match.patient_id, receiver, purpose or DEFAULT_PURPOSE)
-            if grant.permits("Patient"):
-                compartment = self._compartment(grant, base_of)
-                shared.append((compartment, stored))
-                url = f"{compartment.base}/Patient/{stored.id}"
-                entries.append(_match_entry(url, compartment.label(stored.body), match))
-            else:
+            if not grant.permits("Patient"):
                 entries.append(_match_entry(f"urn:uuid:{uuid.uuid4()}", _match_exists(), match))
+                continue
+            stored = self.store.current(match.tenant, "Patient", match.patient_id)
+            if stored is None or stored.deleted:
+                continue
+            compartment = self._compartment(grant, base_of)
+            shared.append((compartment, stored))
+            url = f"{compartment.base}/Patient/{stored.id}"
+            entries.append(_match_entry(url, compartment.label(stored.body), match))
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
         if withheld:
             warning = Issue(code="suppressed", severity="warning", diagnostics=WITHHELD)
