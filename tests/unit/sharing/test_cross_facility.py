@@ -382,3 +382,14 @@ def test_narrowing_the_server_does_not_evaluate_is_read_the_safe_way(world):
     )
     _, bundle = world.everything(B, world.pb["id"])
     assert {s[0] for s in sources(bundle)} == {"own"}
+
+
+def test_equal_scores_never_order_by_the_facility_that_holds_the_record():
+    from ehr.sharing.federation import disclosure_order
+    from ehr.sharing.mpi import Match
+
+    for hidden in ("aaa-clinic", "zzz-clinic"):  # sorting before and after the caller's own id
+        ordered = disclosure_order(
+            [Match(hidden, "p1", 1.0, "certain", "e1"), Match(B, "p2", 1.0, "certain", "e1")], B
+        )
+        assert [m.tenant for m in ordered] == [B, hidden]

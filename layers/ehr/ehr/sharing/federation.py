@@ -20,8 +20,9 @@ another facility" — no id, no tenant, no demographics.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -178,11 +179,12 @@ class CrossFacility:
 
         patient, count, only_certain = match_parameters(parameters)
         try:
-            matches = self.mpi.match(patient, count=count, only_certain=only_certain)
+            found = self.mpi.match(patient, count=MATCH_MAX_COUNT, only_certain=only_certain)
         except ValueError as exc:
             raise invalid(str(exc), expression=["Parameters.parameter[resource]"]) from exc
         except MpiUnavailableError as exc:
             raise unavailable("master patient index") from exc
+        matches = disclosure_order(found, receiver)[:count]
         entries: list[dict[str, Any]] = []
         own: list[StoredResource] = []
         shared: list[tuple[SharedCompartment, StoredResource]] = []
@@ -221,6 +223,18 @@ class CrossFacility:
         if entries:
             bundle["entry"] = entries
         return bundle, own, shared
+
+
+def disclosure_order(matches: Sequence[Match], receiver: str) -> list[Match]:
+    """Best first; among equal scores the caller's own records first, then the others in an
+    order that does not depend on which facility holds them (the index sorts ties by tenant id,
+    which would tell the caller whether a hidden match sorts before or after its own name)."""
+
+    def key(match: Match) -> tuple[float, bool, str]:
+        digest = hashlib.sha256(f"{match.tenant}\x00{match.patient_id}".encode()).hexdigest()
+        return (-round(match.score, 4), match.tenant != receiver, digest)
+
+    return sorted(matches, key=key)
 
 
 def _match_exists() -> dict[str, Any]:
