@@ -277,12 +277,17 @@ def build_fhir_api(  # noqa: PLR0915 - one small nested function per FHIR intera
         if resource_type == "Patient" and operation == "$everything":
             ctx.audit.subtype = "everything"
             ctx.audit.references.append(f"Patient/{resource_id}")
-            shared = []
             purpose = purpose_of_use(ctx.request) or DEFAULT_PURPOSE
-            if services.sharing is not None and search.store.current(tenant(ctx), "Patient", resource_id):
-                shared = services.sharing.shared_compartments(
+            sharing = services.sharing
+
+            def shared() -> list[SharedCompartment]:
+                """Asked only once the patient exists and the caller may read it."""
+                if sharing is None:
+                    return []
+                return sharing.shared_compartments(
                     tenant(ctx), resource_id, purpose=purpose, base_of=base_of(ctx.request)
                 )
+
             page = search.everything(
                 tenant(ctx),
                 resource_id,

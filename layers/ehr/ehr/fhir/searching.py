@@ -294,7 +294,7 @@ class SearchEngine:
         *,
         base: str,
         access: AccessPolicy | None = None,
-        shared: Sequence[SharedCompartment] = (),
+        shared: Callable[[], Sequence[SharedCompartment]] | None = None,
     ) -> SearchPage:
         """The patient compartment, paged; then, when ``shared`` names them, the compartments of
         the same person at other facilities (cross-facility sharing under the patient's Consent).
@@ -319,7 +319,9 @@ class SearchEngine:
         scope = f"everything|{patient_id}|{count}|{','.join(sorted(types or ()))}"
         state = self._state(tenant, scope, params)
         own = SharedCompartment(tenant=tenant, patient_id=patient_id, base=base)
-        sources = [own, *sorted(shared, key=lambda s: s.key)]
+        # Asked after the patient is found and the caller may read it: no index lookup or
+        # consent evaluation for a request that is refused anyway.
+        sources = [own, *sorted(shared() if shared else (), key=lambda s: s.key)]
         position = 0
         cursor = None
         if state is not None:
