@@ -11,11 +11,13 @@ from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_logs_destinations as log_destinations
 from constructs import Construct
 
 from ehr import names
 from ehr.api.routes import FHIR_JSON, HL7_ER7, JSON, ROUTES, Route
 from ehr.fhir.outcome import GATEWAY_RESPONSES, GatewayResponse
+from ehr.security.gateway_audit import REFUSAL_TYPES
 from infra.config import RETENTION_DAYS, EnvironmentConfig
 from infra.constructs.compute import pascal
 from infra.constructs.firewall import Firewall
@@ -47,6 +49,13 @@ ACCESS_LOG_FIELDS: Final = {
     "wafStatus": "$context.waf.status",
     "xrayTraceId": "$context.xrayTraceId",
 }
+
+
+def refusal_filter_pattern() -> logs.IFilterPattern:
+    """Access log entries of requests refused at the authorizer (``is_refusal`` in Python)."""
+    return logs.FilterPattern.any(
+        *(logs.FilterPattern.string_value("$.errorType", "=", kind) for kind in REFUSAL_TYPES)
+    )
 
 
 def gateway_response_template(response: GatewayResponse) -> str:
@@ -110,6 +119,16 @@ class Api(Construct):
             ),
         )
         self.stage = self.rest_api.deployment_stage
+        # Requests refused at the authorizer reach no function: their access log entries go to
+        # gateway_audit, which records each in the audit trail of the tenant the URL names.
+        self.refusal_filter = logs.SubscriptionFilter(
+            self,
+            "GatewayRefusals",
+            log_group=self.access_log_group,
+            destination=log_destinations.LambdaDestination(functions[names.FN_GATEWAY_AUDIT]),
+            filter_pattern=refusal_filter_pattern(),
+            filter_name="GatewayRefusals",
+        )
         # Created before the stage, so API Gateway's execution log group gets the stack's
         # retention and KMS key instead of API Gateway creating it unencrypted and kept forever.
         self.execution_log_group = logs.LogGroup(

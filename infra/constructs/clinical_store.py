@@ -12,7 +12,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from ehr.store.schema import RECORDS_TABLE
+from ehr.store.schema import RECORDS_TABLE, tenant_registry_key
 from infra.config import EnvironmentConfig
 from infra.constructs.change_feed import ChangeFeed
 from infra.constructs.nag import acknowledge
@@ -39,6 +39,9 @@ RECORDS_KEY_ACTIONS: Final = (
     "kms:ReEncryptTo",
     "kms:DescribeKey",
 )
+# A tenant's registration item is ``T#{tenant}#TENANT``: a role that only asks whether a tenant
+# exists may read those items and no other (the gateway_audit function).
+TENANT_REGISTRY_KEY_PATTERN: Final = tenant_registry_key("*")["pk"]
 CHANGE_DEAD_LETTERS: Final = "RecordChanges"
 
 
@@ -90,6 +93,20 @@ class ClinicalStore(Construct):
                 conditions=LEADING_KEYS_CONDITION,
             ),
             table_key_statement(self.records_table, self.key, list(RECORDS_KEY_ACTIONS)),
+        )
+
+    def grant_tenant_directory(self, policy: iam.ManagedPolicy) -> None:
+        """GetItem of tenant registration items only (``T#*#TENANT``): no clinical record."""
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="ReadTenantRegistrations",
+                actions=["dynamodb:GetItem"],
+                resources=[self.records_table.table_arn],
+                conditions={
+                    "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [TENANT_REGISTRY_KEY_PATTERN]}
+                },
+            ),
+            table_key_statement(self.records_table, self.key, ["kms:Decrypt", "kms:DescribeKey"]),
         )
 
     def grant_cursor_secret(self, policy: iam.ManagedPolicy) -> None:

@@ -23,6 +23,7 @@ from ehr.settings import (
     DiscoverySettings,
     DocumentVerifierSettings,
     FhirApiSettings,
+    GatewayAuditSettings,
     Hl7v2InboundSettings,
     LabWorkflowSettings,
     SharingNotifierSettings,
@@ -56,6 +57,7 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     names.FN_LAB_WORKFLOW: LabWorkflowSettings,
     names.FN_CHANGE_PUBLISHER: ChangePublisherSettings,
     names.FN_SHARING_NOTIFIER: SharingNotifierSettings,
+    names.FN_GATEWAY_AUDIT: GatewayAuditSettings,
     names.FN_TOKEN_CUSTOMIZER: TokenCustomizerSettings,
 }
 # Who invokes each function, for the reasons of the acknowledgements below.
@@ -74,6 +76,9 @@ INVOKED_BY: Final[dict[str, str]] = {
     "(failed batches go to its on-failure SQS queue)",
     names.FN_SHARING_NOTIFIER: "the ResourceChangedRule EventBridge rule (asynchronously; failed events go "
     "to its on-failure SQS queue)",
+    names.FN_GATEWAY_AUDIT: "a CloudWatch Logs subscription filter on the API's access log, with the "
+    "requests API Gateway refused at the authorizer (asynchronously; failed batches go to its on-failure "
+    "SQS queue)",
     names.FN_TOKEN_CUSTOMIZER: "the Cognito user pool's pre token generation trigger (event version V3_0) "
     "before the pool issues an access token",
 }
@@ -102,6 +107,8 @@ REACHES: Final[dict[str, str]] = {
     "platform bus), SQS (the Subscription dead-letter queue and its on-failure queue), KMS through them "
     "and X-Ray, over TLS with IAM, and the tenants' Subscription endpoints over HTTPS (each request "
     "HMAC-signed, each URL within the tenant's subscription_endpoints allow-list)",
+    names.FN_GATEWAY_AUDIT: "DynamoDB (tenant registrations in the records table, appends to the audit "
+    "table), SQS (its on-failure queue), KMS through them and X-Ray, over TLS with IAM",
     names.FN_TOKEN_CUSTOMIZER: "Amazon Cognito (DescribeUserPoolClient on the stack's user pool, for the "
     "name that binds an app client to a tenant) and X-Ray, over TLS with IAM",
 }
@@ -128,7 +135,12 @@ ASYNC_FAILURES: Final[dict[str, str]] = {
     names.FN_SHARING_NOTIFIER: "ResourceChanged events (tenant, resource type, id and version) the "
     "sharing_notifier function failed to process after Lambda's retries (the store or the index was "
     "unavailable), with the error; undelivered webhooks go to the Subscription dead-letter queue instead",
+    names.FN_GATEWAY_AUDIT: "access log batches of refused requests the gateway_audit function could not "
+    "record in the audit trail after Lambda's retries, with the error",
 }
+# Functions that only ask whether a tenant exists and only append to the audit trail: no clinical
+# record, no reading of the trail.
+TENANT_DIRECTORY_ONLY: Final = frozenset({names.FN_GATEWAY_AUDIT})
 ASYNC_RETRY_ATTEMPTS: Final = 2
 ASYNC_MAX_EVENT_AGE: Final = Duration.hours(6)
 DEAD_LETTER_ACTIONS: Final = ("sqs:SendMessage",)
@@ -168,8 +180,9 @@ class Compute(Construct):
     its key (``change_publisher``, which indexes every committed Patient version, also writes it);
     one whose settings name ``subscription_dead_letter_queue_url`` (``sharing_notifier``) reads the
     tenants' Subscription signing secrets and dead-letters undelivered notifications. The others
-    touch no data. In ``cognito`` mode ``token_customizer`` becomes the user pool's pre token
-    generation trigger and may read the pool's app client names
+    touch no data. ``gateway_audit`` (``TENANT_DIRECTORY_ONLY``) may read tenant registrations and
+    append to the audit trail, nothing else. In ``cognito`` mode ``token_customizer`` becomes the
+    user pool's pre token generation trigger and may read the pool's app client names
     (``Identity.attach_token_customizer``); without a pool it is not created
     (``deployed_functions``). Grants that name the lab-order state machine are added by
     ``Workflows`` once it exists (the stack wires them).
@@ -271,11 +284,15 @@ class Compute(Construct):
                 f"permissions; '*' is the only resource they accept (active tracing of {fn}).",
                 "AwsSolutions-IAM5[Resource::*]",
             )
-            if "records_table" in model.model_fields:
-                records.grant_read_write(policy)
-            if "audit_table" in model.model_fields:
+            if fn in TENANT_DIRECTORY_ONLY:
+                records.grant_tenant_directory(policy)
                 audit.grant_append(policy)
-                audit.grant_read(policy)
+            else:
+                if "records_table" in model.model_fields:
+                    records.grant_read_write(policy)
+                if "audit_table" in model.model_fields:
+                    audit.grant_append(policy)
+                    audit.grant_read(policy)
             if "cursor_secret_name" in model.model_fields:
                 records.grant_cursor_secret(policy)
             if documents is not None and "documents_bucket" in model.model_fields:

@@ -4,6 +4,7 @@ run the TOKEN authorizer, build the REST (v1) proxy event, call the real Lambda 
 from __future__ import annotations
 
 import base64
+import gzip
 import importlib
 import json
 import re
@@ -27,6 +28,7 @@ FUNCTIONS_DIR = REPO_ROOT / "functions"
 STAGE = "local"
 API_ID = "local"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+REQUEST_ID_HEADER = "x-amzn-RequestId"
 # Everything else reaches the function base64-encoded, as API Gateway does for the stack's
 # binary media types (HL7 v2 ER7) and for bodies that are not text.
 _TEXT_TYPES = re.compile(r"^(text/|application/(.+\+)?(json|xml)|application/x-www-form-urlencoded)")
@@ -148,9 +150,18 @@ class LocalFunctions:
 class LocalGateway:
     """The local stand-in for API Gateway in front of the real handlers."""
 
-    def __init__(self, functions: LocalFunctions, routes: RouteTable | None = None) -> None:
+    def __init__(
+        self,
+        functions: LocalFunctions,
+        routes: RouteTable | None = None,
+        *,
+        on_refusal: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
         self.functions = functions
         self.routes = routes or RouteTable()
+        # Told the access log entry of each request refused at the authorizer, as API Gateway's
+        # access log is (the cloud's subscription filter feeds those to the gateway_audit function).
+        self.on_refusal = on_refusal
 
     def handle(
         self,
@@ -161,6 +172,22 @@ class LocalGateway:
         *,
         source_ip: str = "127.0.0.1",
     ) -> GatewayResult:
+        request_id = str(uuid.uuid4())
+        result = self._handle(method, raw_path, headers, body, source_ip=source_ip, request_id=request_id)
+        # API Gateway names its request id on every response, its own refusals included.
+        result.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return result
+
+    def _handle(
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        source_ip: str,
+        request_id: str,
+    ) -> GatewayResult:
         path, _, query_string = raw_path.partition("?")
         if len(body) > MAX_BODY_BYTES:
             return self._gateway_error("REQUEST_TOO_LARGE")
@@ -168,12 +195,24 @@ class LocalGateway:
         if matched is None:
             return self._gateway_error("MISSING_AUTHENTICATION_TOKEN")
         route, params = matched
-        request_id = str(uuid.uuid4())
         authorizer_context: dict[str, Any] | None = None
         if route.auth:
             outcome = self._authorize(headers, method, path)
-            if isinstance(outcome, GatewayResult):
-                return outcome
+            if isinstance(outcome, str):
+                refused = (
+                    self._gateway_error("DEFAULT_5XX", status=500)
+                    if outcome == "AUTHORIZER_FAILURE"
+                    else self._gateway_error(outcome)
+                )
+                self._refused(
+                    route,
+                    path,
+                    request_id=request_id,
+                    source_ip=source_ip,
+                    status=refused.status,
+                    kind=outcome,
+                )
+                return refused
             authorizer_context = outcome
         event = self._event(
             route,
@@ -192,12 +231,29 @@ class LocalGateway:
             return self._gateway_error("DEFAULT_5XX", status=502)
         return self._result(response)
 
-    def _authorize(
-        self, headers: Mapping[str, str], method: str, path: str
-    ) -> dict[str, Any] | GatewayResult:
+    def _refused(
+        self, route: Route, path: str, *, request_id: str, source_ip: str, status: int, kind: str
+    ) -> None:
+        if self.on_refusal is None:
+            return
+        # The fields of the stack's JSON access log that describe a refusal (ACCESS_LOG_FIELDS).
+        self.on_refusal(
+            {
+                "requestId": request_id,
+                "ip": source_ip,
+                "httpMethod": route.method,
+                "resourcePath": route.path,
+                "path": path,
+                "status": str(status),
+                "errorType": kind,
+            }
+        )
+
+    def _authorize(self, headers: Mapping[str, str], method: str, path: str) -> dict[str, Any] | str:
+        """The authorizer context, or the response type of API Gateway's refusal."""
         token = _header(headers, "authorization")
         if not token:
-            return self._gateway_error("UNAUTHORIZED")  # identity source missing: no authorizer call
+            return "UNAUTHORIZED"  # identity source missing: no authorizer call
         event = {
             "type": "TOKEN",
             "authorizationToken": token,
@@ -207,11 +263,11 @@ class LocalGateway:
             result = self.functions.invoke(names.FN_AUTHORIZER, event)
         except Exception as exc:  # noqa: BLE001 - any authorizer failure is answered like API Gateway does
             if str(exc) == "Unauthorized":
-                return self._gateway_error("UNAUTHORIZED")
-            return self._gateway_error("DEFAULT_5XX", status=500)
+                return "UNAUTHORIZED"
+            return "AUTHORIZER_FAILURE"  # answered with the DEFAULT_5XX body, status 500
         statements = (result.get("policyDocument") or {}).get("Statement") or []
         if not any(s.get("Effect") == "Allow" for s in statements):
-            return self._gateway_error("ACCESS_DENIED")
+            return "ACCESS_DENIED"
         return {"principalId": result.get("principalId"), **(result.get("context") or {})}
 
     @staticmethod
@@ -295,6 +351,25 @@ class LocalGateway:
             headers=headers,
             body=json.dumps(response.body()).encode("utf-8"),
         )
+
+
+def cloudwatch_logs_event(
+    entries: list[dict[str, str]], *, log_group: str, filter_name: str
+) -> dict[str, Any]:
+    """The event a CloudWatch Logs subscription filter hands to Lambda for these JSON log lines."""
+    now = int(time.time() * 1000)
+    data = {
+        "messageType": "DATA_MESSAGE",
+        "owner": "123456789012",
+        "logGroup": log_group,
+        "logStream": f"{API_ID}/{STAGE}",
+        "subscriptionFilters": [filter_name],
+        "logEvents": [
+            {"id": str(uuid.uuid4().int)[:56], "timestamp": now, "message": json.dumps(entry)}
+            for entry in entries
+        ],
+    }
+    return {"awslogs": {"data": base64.b64encode(gzip.compress(json.dumps(data).encode())).decode()}}
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

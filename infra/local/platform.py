@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import boto3
 
 from ehr import names
+from ehr.security.gateway_audit import is_refusal
 from ehr.security.tenancy import new_tenant
 from ehr.settings import (
     AuditArchiverSettings,
@@ -24,6 +25,7 @@ from ehr.settings import (
     DiscoverySettings,
     DocumentVerifierSettings,
     FhirApiSettings,
+    GatewayAuditSettings,
     LabWorkflowSettings,
     SharingNotifierSettings,
     TokenCustomizerSettings,
@@ -40,13 +42,34 @@ from infra.local.backend_services import (
     register_client,
 )
 from infra.local.cloud import LocalCloud, LocalResources
-from infra.local.gateway import MAX_BODY_BYTES, GatewayResult, LocalFunctions, LocalGateway
+from infra.local.gateway import (
+    MAX_BODY_BYTES,
+    GatewayResult,
+    LocalFunctions,
+    LocalGateway,
+    cloudwatch_logs_event,
+)
 from infra.local.issuer import DevIssuer, ehr_home
 
 TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
 LAB_PARTNER = "acme-lab"
 access_log = logging.getLogger("ehr_local.access")
 log = logging.getLogger("ehr_local")
+
+
+def record_refusal(functions: LocalFunctions, entry: dict[str, str]) -> None:
+    """API Gateway's access log → subscription filter → gateway_audit, done in-process.
+
+    The cloud's filter passes the refusals only (``is_refusal`` is the same test); Lambda retries
+    a failed delivery there, here a failure is logged and the 401 is answered all the same.
+    """
+    if not is_refusal(entry):
+        return
+    event = cloudwatch_logs_event([entry], log_group="local-access-log", filter_name="GatewayRefusals")
+    try:
+        functions.invoke(names.FN_GATEWAY_AUDIT, event)
+    except Exception:
+        log.exception("the gateway refusal could not be recorded in the audit trail")
 
 
 def function_environment(
@@ -118,6 +141,12 @@ def function_environment(
             event_bus_name=resources.event_bus_name,
             subscription_dead_letter_queue_url=resources.subscription_dead_letter_queue_url,
             **sharing,
+        ),
+        **environment_for(
+            GatewayAuditSettings,
+            environment=auth["environment"],
+            records_table=resources.records_table,
+            audit_table=resources.audit_table,
         ),
         # Loaded like every function, never invoked: the local issuer puts the tenant into its
         # tokens itself, so no Cognito trigger runs here.
@@ -373,7 +402,7 @@ class LocalPlatform:
         functions.load_all()
         if self.seed:
             self.seeded = seed_demo_tenants(self.resources)
-        self.gateway = LocalGateway(functions)
+        self.gateway = LocalGateway(functions, on_refusal=lambda entry: record_refusal(functions, entry))
         # S3 → EventBridge → document_verifier, as in the cloud: the local S3 server hands each
         # object stored in the documents bucket to the real verifier handler.
         if self.cloud.s3_server is not None:

@@ -15,6 +15,7 @@ from ehr.settings import (
     DocumentSettings,
     DocumentVerifierSettings,
     FhirApiSettings,
+    GatewayAuditSettings,
     Hl7v2InboundSettings,
     LabWorkflowSettings,
     SharingNotifierSettings,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ehr.hl7v2.inbound import Hl7v2Inbound
     from ehr.labs.workflow import LabWorkflow
     from ehr.security.audit import AuditSink
+    from ehr.security.gateway_audit import GatewayRefusalAuditor
     from ehr.sharing.federation import CrossFacility
     from ehr.sharing.mpi import MasterPatientIndex
     from ehr.sharing.notify import Notifier
@@ -121,6 +123,23 @@ def bootstrap_verifier(settings: DocumentVerifierSettings, **overrides: Any) -> 
         raise ValueError("the document verifier needs EHR_DOCUMENTS_BUCKET and EHR_DOCUMENTS_KEY_ARN")
     # No document hook on this FhirService: the verifier alone moves docStatus after an upload.
     return UploadVerifier(FhirService(store), documents, audit=audit)
+
+
+def bootstrap_gateway_audit(settings: GatewayAuditSettings, **overrides: Any) -> GatewayRefusalAuditor:
+    """The auditor of requests API Gateway refused at the authorizer (``tenants``/``audit`` fakes)."""
+    from ehr.security.gateway_audit import GatewayRefusalAuditor
+
+    tenants = overrides.get("tenants")
+    if tenants is None:
+        from ehr.store.tenants import DynamoTenantDirectory
+
+        tenants = DynamoTenantDirectory(settings.records_table, host=settings.dynamodb_endpoint)
+    audit = overrides.get("audit")
+    if audit is None:
+        from ehr.store.audit_dynamo import DynamoAuditSink
+
+        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+    return GatewayRefusalAuditor(audit, tenants)
 
 
 def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:

@@ -21,6 +21,8 @@ FN_HL7V2_INBOUND: Final = "hl7v2_inbound"
 FN_LAB_WORKFLOW: Final = "lab_workflow"
 FN_CHANGE_PUBLISHER: Final = "change_publisher"
 FN_SHARING_NOTIFIER: Final = "sharing_notifier"
+# Requests API Gateway refused at the authorizer (no function saw them), from its access log.
+FN_GATEWAY_AUDIT: Final = "gateway_audit"
 # Cognito's pre token generation trigger: deployed with the stack's own user pool (auth mode
 # "cognito") only; an external OIDC issuer puts the tenant claim into its tokens itself.
 FN_TOKEN_CUSTOMIZER: Final = "token_customizer"  # noqa: S105 - a function name, not a secret
@@ -34,6 +36,7 @@ FUNCTIONS: Final = (
     FN_LAB_WORKFLOW,
     FN_CHANGE_PUBLISHER,
     FN_SHARING_NOTIFIER,
+    FN_GATEWAY_AUDIT,
     FN_TOKEN_CUSTOMIZER,
 )
 HANDLER_ATTRIBUTE: Final = "lambda_handler"

@@ -210,6 +210,16 @@ class AuthorizerSettings(AuthSettings):
     """Settings of the API Gateway token authorizer."""
 
 
+class GatewayAuditSettings(StoreSettings):
+    """Settings of the function that records the requests API Gateway refused at the authorizer.
+
+    It reads only tenant registrations from the records table (is the URL's tenant one of ours?)
+    and only appends to the audit table.
+    """
+
+    environment: str = Field(default="dev", description="Deployment environment name (dev, prod, local).")
+
+
 class AuditArchiverSettings(BaseSettings):
     """Settings of the function that copies the audit table's stream into the Object Lock archive."""
 
