@@ -6,7 +6,9 @@ starts. One engine serves both sides of every ratio, and the compared operations
 so that noise on this 2-core machine hits them alike.
 
 1. create / read / search through the whole handler vs raw boto3 put_item / get_item / query of
-   a similar-sized item (a Synthea Observation as JSON): p50 and p99, ratio (target <= 3).
+   a similar-sized item (a Synthea Observation as JSON): p50 and p99, ratio (target <= 3). A third
+   side replays, with the raw client, the DynamoDB requests the handler sent (writes moved to a
+   fresh key namespace): the DynamoDB work the design requires, and the handler's time above it.
 2. the same searches at a small and a large tenant (Synthea Observations cloned over synthetic
    patients, 100 per patient, written through the store's commit): p50 ratio (target <= 1.5),
    and the items DynamoDB scanned per resource returned (from its Query responses).
@@ -19,8 +21,9 @@ so that noise on this 2-core machine hits them alike.
     .venv/bin/python tests/bench/bench_fhir_store.py [--small]
 
 ``--small`` runs reduced sizes in under about two minutes; the full run loads up to 100,000
-Observations (stopping at ``--load-budget`` seconds, and saying so: about 55,000 load in the
-default 600 s here) and takes about 13 minutes.
+Observations (stopping at ``--load-budget`` seconds, and saying so: at about 95 per second here,
+about 57,000 load in the default 600 s and the run takes about 13 minutes). ``--load-budget 0``
+loads all 100,000 (about 18 minutes) and takes about 21 minutes.
 Writes tests/bench/results/fhir_store.json (or --out) and prints a table. Needs Java 17 and the
 DynamoDB Local jar (``make setup``).
 """
@@ -29,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
 import platform
 import random
+import re
 import secrets
 import statistics
 import sys
@@ -49,6 +54,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,7 @@ os.environ.pop("AWS_SESSION_TOKEN", None)
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 import boto3  # noqa: E402
+from botocore import xform_name  # noqa: E402
 from pynamodb.connection.base import Connection  # noqa: E402
 
 from ehr import names  # noqa: E402
@@ -236,7 +243,7 @@ class DynamoCalls:
             )
             return response
 
-        Connection._make_api_call = recorded  # type: ignore[method-assign]
+        Connection._make_api_call = recorded  # type: ignore[method-assign,assignment]
         try:
             yield self
         finally:
@@ -323,6 +330,112 @@ def reported_units(response: dict[str, Any]) -> float:
     return 0.0
 
 
+# -- replaying the handler's DynamoDB requests with the raw client ------------------------------------
+
+# Both tables the handler writes key their items by the same partition-key attribute ("pk").
+PARTITION_KEY = schema.RECORDS_TABLE.partition_key
+if schema.AUDIT_TABLE.partition_key != PARTITION_KEY:
+    raise SystemExit("the records and audit tables' partition keys differ: extend Replay's rewrite")
+REPLAY_READS = frozenset({"GetItem", "Query", "BatchGetItem", "TransactGetItems"})
+REPLAY_WRITES = frozenset({"TransactWriteItems", "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+# A condition made only of attribute_not_exists(...) holds on an item that does not exist, so it
+# holds in a fresh key namespace: the store's creates (current and version items) and every audit
+# item use it. Any other condition refers to an existing item (an update's "v = :v AND
+# attribute_not_exists(tx)", a staged commit's "tx = :tx" or "status = :pending") and would fail
+# there, so the replay drops it (and counts it in ``conditions_dropped``).
+_HOLDS_WHEN_ABSENT = re.compile(
+    r"\s*attribute_not_exists\s*\(\s*#\w+\s*\)(\s+AND\s+attribute_not_exists\s*\(\s*#\w+\s*\))*\s*"
+)
+
+
+@dataclass
+class Replay:
+    """The DynamoDB requests one handler call sent, ready to send again with the raw boto3 client:
+    reads as they were; writes moved to a fresh key namespace (every partition key prefixed
+    ``REPLAY#{uuid}#``) so that their creates' conditions hold again."""
+
+    requests: list[tuple[str, dict[str, Any]]]
+    conditions_dropped: int
+
+    @classmethod
+    def of(cls, calls: list[Call]) -> Replay:
+        prefix = f"REPLAY#{uuid.uuid4()}#"
+        dropped = 0
+        requests = []
+        for call in calls:
+            if call.operation in REPLAY_READS:
+                requests.append((call.operation, call.request))
+                continue
+            if call.operation not in REPLAY_WRITES:
+                raise SystemExit(f"the handler sent {call.operation}: the replay does not know it")
+            request = copy.deepcopy(call.request)
+            request.pop("ClientRequestToken", None)  # the same token with other items is refused
+            if call.operation == "TransactWriteItems":
+                for action in request["TransactItems"]:
+                    ((kind, body),) = action.items()
+                    if kind == "ConditionCheck":
+                        raise SystemExit("a ConditionCheck cannot be replayed in a fresh namespace")
+                    _move(body.get("Item") or body["Key"], prefix)
+                    dropped += _drop_condition(body)
+            elif call.operation == "BatchWriteItem":
+                for writes in request["RequestItems"].values():
+                    for write in writes:
+                        if "PutRequest" in write:
+                            _move(write["PutRequest"]["Item"], prefix)
+                        else:
+                            _move(write["DeleteRequest"]["Key"], prefix)
+            else:  # PutItem, UpdateItem, DeleteItem
+                _move(request.get("Item") or request["Key"], prefix)
+                dropped += _drop_condition(request)
+            requests.append((call.operation, request))
+        return cls(requests, dropped)
+
+    def send(self, client: Any) -> None:
+        for operation, request in self.requests:
+            getattr(client, xform_name(operation))(**request)
+
+
+def _move(item: dict[str, Any], prefix: str) -> None:
+    key = item[PARTITION_KEY]
+    item[PARTITION_KEY] = {"S": prefix + key["S"]}
+
+
+def _drop_condition(body: dict[str, Any]) -> int:
+    """Drops a condition that would not hold in a fresh namespace, with the placeholders only it
+    used (DynamoDB refuses unused ones). Returns 1 if it dropped one."""
+    condition = body.get("ConditionExpression")
+    if condition is None or _HOLDS_WHEN_ABSENT.fullmatch(condition):
+        return 0
+    del body["ConditionExpression"]
+    body.pop("ReturnValuesOnConditionCheckFailure", None)
+    remaining = " ".join(str(body.get(k, "")) for k in ("UpdateExpression", "ProjectionExpression"))
+    for holder in ("ExpressionAttributeNames", "ExpressionAttributeValues"):
+        if holder in body:
+            used = {p: v for p, v in body[holder].items() if re.search(re.escape(p) + r"(?!\w)", remaining)}
+            if used:
+                body[holder] = used
+            else:
+                del body[holder]
+    return 1
+
+
+def request_shape(calls: list[Call]) -> str:
+    """The requests of one handler call, e.g. "TransactWriteItems(23) + TransactWriteItems(2)"."""
+    parts = []
+    for call in calls:
+        request = call.request
+        if call.operation == "TransactWriteItems":
+            parts.append(f"{call.operation}({len(request['TransactItems'])})")
+        elif call.operation in ("BatchGetItem", "BatchWriteItem"):
+            items = sum(
+                len(v["Keys"]) if isinstance(v, dict) else len(v) for v in request["RequestItems"].values()
+            )
+            parts.append(f"{call.operation}({items})")
+        else:
+            parts.append(call.operation)
+    return " + ".join(parts)
+
+
 # -- the handler stack on DynamoDB Local --------------------------------------------------------------
 
 
@@ -348,7 +461,8 @@ class CachingGateway(LocalGateway):
         super().__init__(functions)
         self._decisions: dict[str, dict[str, Any]] = {}
 
-    def _authorize(self, headers: Any, method: str, path: str) -> dict[str, Any] | GatewayResult:
+    def _authorize(self, headers: Any, method: str, path: str) -> Any:
+        # A refusal (whatever LocalGateway returns for one) passes through uncached.
         token = headers.get("Authorization", "")
         if token in self._decisions:
             return self._decisions[token]
@@ -522,9 +636,17 @@ def handler_vs_raw(
     samples: dict[str, list[float]] = {
         k: [] for k in ("create", "read", "search", "put_item", "get_item", "query")
     }
+    replayed: dict[str, list[float]] = {"create": [], "read": [], "search": []}
     in_dynamo: dict[str, list[float]] = {"create": [], "read": [], "search": []}
     outside: dict[str, list[float]] = {"create": [], "read": [], "search": []}
     requests: dict[str, Counter[int]] = {"create": Counter(), "read": Counter(), "search": Counter()}
+    shapes: dict[str, Counter[str]] = {"create": Counter(), "read": Counter(), "search": Counter()}
+    dropped: dict[str, int] = {"create": 0, "read": 0, "search": 0}
+    last_calls: dict[str, list[Call]] = {}  # the handler's latest requests, per operation
+    # The three sides of each operation run in all 6 orders in turn. The replay sends the requests
+    # of the handler's latest call of that operation: this round's if the handler went first, else
+    # the previous round's (the same requests for another resource).
+    orders = list(itertools.permutations(("handler", "raw", "replay")))
     warmup = 20
     with recorder.recording():
         for n in range(warmup + profile.samples):
@@ -534,59 +656,62 @@ def handler_vs_raw(
             raw_item = {**raw_key, "b": {"S": json.dumps(resource)}}
             created: dict[str, Any] = {}
 
-            def create(resource: dict[str, Any] = resource, created: dict[str, Any] = created) -> None:
+            def create(resource: dict[str, Any] = resource, created: dict[str, Any] = created) -> Any:
                 created.update(expect(stack.call("POST", tenant, "Observation", resource), 201, "create"))
+                return created
+
+            def read(created: dict[str, Any] = created) -> Any:
+                return expect(stack.call("GET", tenant, f"Observation/{created['id']}"), 200, "read")
+
+            def search() -> Any:
+                return expect(stack.call("GET", search_tenant, search_path), 200, "search")
+
+            def put_item(raw_item: dict[str, Any] = raw_item) -> Any:
+                return stack.raw.put_item(TableName=table, Item=raw_item)
+
+            def get_item(raw_key: dict[str, Any] = raw_key) -> Any:
+                return stack.raw.get_item(TableName=table, Key=raw_key, ConsistentRead=True)
+
+            def query() -> Any:
+                return stack.raw.query(
+                    TableName=table,
+                    KeyConditionExpression="pk = :pk",
+                    Limit=20,
+                    ConsistentRead=True,
+                    ExpressionAttributeValues={":pk": {"S": raw_query_pk}},
+                )
 
             pairs: list[tuple[str, Callable[[], Any], str, Callable[[], Any]]] = [
-                (
-                    "create",
-                    create,
-                    "put_item",
-                    lambda raw_item=raw_item: stack.raw.put_item(TableName=table, Item=raw_item),
-                ),
-                (
-                    "read",
-                    lambda created=created: expect(
-                        stack.call("GET", tenant, f"Observation/{created['id']}"), 200, "read"
-                    ),
-                    "get_item",
-                    lambda raw_key=raw_key: stack.raw.get_item(
-                        TableName=table, Key=raw_key, ConsistentRead=True
-                    ),
-                ),
-                (
-                    "search",
-                    lambda: expect(stack.call("GET", search_tenant, search_path), 200, "search"),
-                    "query",
-                    lambda: stack.raw.query(
-                        TableName=table,
-                        KeyConditionExpression="pk = :pk",
-                        Limit=20,
-                        ConsistentRead=True,
-                        ExpressionAttributeValues={":pk": {"S": raw_query_pk}},
-                    ),
-                ),
+                ("create", create, "put_item", put_item),
+                ("read", read, "get_item", get_item),
+                ("search", search, "query", query),
             ]
             for handler_name, handler_fn, raw_name, raw_fn in pairs:
-                first_raw = n % 2 == 1  # alternate which side goes first
-                if first_raw:
-                    raw_seconds, _ = timed(raw_fn)
-                recorder.take()
-                handler_seconds, result = timed(handler_fn)
-                calls = recorder.take()
-                if not first_raw:
-                    raw_seconds, _ = timed(raw_fn)
+                seconds: dict[str, float] = {}
+                for side in orders[n % len(orders)]:
+                    if side == "raw":
+                        seconds["raw"], _ = timed(raw_fn)
+                    elif side == "replay" and handler_name in last_calls:
+                        replay = Replay.of(last_calls[handler_name])  # rewritten outside the timing
+                        seconds["replay"], _ = timed(partial(replay.send, stack.raw))
+                        dropped[handler_name] += replay.conditions_dropped
+                    elif side == "handler":
+                        recorder.take()
+                        seconds["handler"], result = timed(handler_fn)
+                        calls = last_calls[handler_name] = recorder.take()
                 if handler_name == "search" and n == 0 and len(result.get("entry", [])) != 20:
                     raise SystemExit(f"the search returned {len(result.get('entry', []))} entries, not 20")
                 if n >= warmup:
-                    samples[handler_name].append(handler_seconds)
-                    samples[raw_name].append(raw_seconds)
+                    samples[handler_name].append(seconds["handler"])
+                    samples[raw_name].append(seconds["raw"])
+                    replayed[handler_name].append(seconds["replay"])
                     in_dynamo[handler_name].append(sum(c.seconds for c in calls))
-                    outside[handler_name].append(handler_seconds - in_dynamo[handler_name][-1])
+                    outside[handler_name].append(seconds["handler"] - in_dynamo[handler_name][-1])
                     requests[handler_name][len(calls)] += 1
-    results = {}
+                    shapes[handler_name][request_shape(calls)] += 1
+    results: dict[str, dict[str, Any]] = {}
     for handler_name, raw_name in (("create", "put_item"), ("read", "get_item"), ("search", "query")):
-        h, r = samples[handler_name], samples[raw_name]
+        h, r, p = samples[handler_name], samples[raw_name], replayed[handler_name]
         results[handler_name] = {
             "baseline": raw_name,
             "handler_p50_ms": ms(statistics.median(h)),
@@ -598,11 +723,25 @@ def handler_vs_raw(
             "handler_p50_ms_in_dynamodb_calls": ms(statistics.median(in_dynamo[handler_name])),
             "handler_p50_ms_outside_dynamodb_calls": ms(statistics.median(outside[handler_name])),
             "dynamodb_requests_per_call_mode": requests[handler_name].most_common(1)[0][0],
+            "dynamodb_requests_mode": shapes[handler_name].most_common(1)[0][0],
+            "replay_p50_ms": ms(statistics.median(p)),
+            "replay_p99_ms": ms(percentile(p, 0.99)),
+            "ratio_to_replay_p50": round(statistics.median(h) / statistics.median(p), 2),
+            "replay_over_raw_p50": round(statistics.median(p) / statistics.median(r), 2),
+            "replay_conditions_dropped": dropped[handler_name],
         }
     return {
         "samples_per_operation": profile.samples,
         "search": search_path,
         "target_ratio": TARGET_HANDLER_RATIO,
+        "replay": "the third side of each operation, interleaved with the other two (all 6 orders in "
+        "turn): the DynamoDB requests the handler sent for its latest call of that operation (seen at "
+        "pynamodb's Connection._make_api_call) sent again, one after another, with the raw boto3 client. "
+        "Reads go as they were; writes get every partition key prefixed REPLAY#{uuid}# (a fresh "
+        "namespace per replay), where the creates' attribute_not_exists conditions hold again; any "
+        "other condition would be dropped and counted in replay_conditions_dropped. "
+        "ratio_to_replay_p50 = handler / replay (the stack's own overhead over the DynamoDB work it "
+        "sends); replay_over_raw_p50 = replay / the single raw call (what that DynamoDB work costs).",
         "results": results,
         "within_target_p50": all(r["ratio_p50"] <= TARGET_HANDLER_RATIO for r in results.values()),
     }
@@ -658,7 +797,7 @@ def search_at_sizes(
             rng.shuffle(order)
             for query, size in order:
                 recorder.take()
-                seconds, result = timed(lambda q=query, s=size: stack.call("GET", tenants[s], queries[q]))
+                seconds, result = timed(partial(stack.call, "GET", tenants[size], queries[query]))
                 calls = recorder.take()
                 expect(result, 200, f"search {query}")
                 if n >= 10:
@@ -666,7 +805,7 @@ def search_at_sizes(
                     store_reads[(query, size)].append(
                         sum(c.seconds for c in calls if c.operation in ("Query", "BatchGetItem"))
                     )
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for query, path in queries.items():
         small_p50 = statistics.median(samples[(query, "small")])
         large_p50 = statistics.median(samples[(query, "large")])
@@ -817,7 +956,7 @@ def bundles_vs_one_by_one(
             if (round_number + n) % 2:
                 order.reverse()
             for mode in order:
-                seconds, resources = timed(lambda run=runs[mode], bundle=bundle: run(stack, tenant, bundle))
+                seconds, resources = timed(partial(runs[mode], stack, tenant, bundle))
                 totals[mode][0] += resources
                 totals[mode][1] += seconds
     requests: dict[str, float] = {}
@@ -862,6 +1001,17 @@ def print_report(report: dict[str, Any]) -> None:
             f"{name:<10}{r['handler_p50_ms']:>9}{r['handler_p99_ms']:>9}{r['baseline']:>10}{r['raw_p50_ms']:>9}"
             f"{r['raw_p99_ms']:>9}{r['ratio_p50']:>8}{r['ratio_p99']:>8}"
             f"{r['handler_p50_ms_in_dynamodb_calls']:>8}{r['handler_p50_ms_outside_dynamodb_calls']:>9}"
+        )
+    print("   the handler's DynamoDB requests replayed with the raw client, interleaved with both")
+    print(
+        f"{'operation':<10}{'replay p50':>11}{'replay p99':>11}{'handler/replay':>15}{'replay/raw':>11}"
+        f"{'dropped':>8}  requests (mode)"
+    )
+    for name, r in one["results"].items():
+        print(
+            f"{name:<10}{r['replay_p50_ms']:>11}{r['replay_p99_ms']:>11}{r['ratio_to_replay_p50']:>15}"
+            f"{r['replay_over_raw_p50']:>11}{r['replay_conditions_dropped']:>8}"
+            f"  {r['dynamodb_requests_mode']}"
         )
     two = report["search_at_sizes"]
     print(
