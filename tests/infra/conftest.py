@@ -109,6 +109,16 @@ class Synth:
         target = getattr(construct.node, "default_child", None) or construct
         return self.stack.get_logical_id(target)
 
+    def function_statements(self, fn: str) -> list[dict[str, Any]]:
+        """Every statement of a function's role: its managed policies (the stack has no inline ones)."""
+        role = {"Ref": self.logical_id(self.stack.compute.roles[fn])}
+        return [
+            statement
+            for policy in self.of_type("AWS::IAM::ManagedPolicy").values()
+            if role in policy["Properties"].get("Roles", [])
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        ]
+
     def acknowledgements(self) -> list[Acknowledgement]:
         found = []
         for construct in self.app.node.find_all():

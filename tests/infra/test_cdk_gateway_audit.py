@@ -22,16 +22,6 @@ def getatt(synth, construct: Any) -> dict[str, Any]:
     return {"Fn::GetAtt": [synth.logical_id(construct), "Arn"]}
 
 
-def statements_of(synth, fn: str) -> list[dict[str, Any]]:
-    role = {"Ref": synth.logical_id(synth.stack.compute.roles[fn])}
-    return [
-        statement
-        for policy in synth.of_type("AWS::IAM::ManagedPolicy").values()
-        if role in policy["Properties"].get("Roles", [])
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
-
-
 def actions(statement: dict[str, Any]) -> set[str]:
     value = statement["Action"]
     return {value} if isinstance(value, str) else set(value)
@@ -74,7 +64,7 @@ def test_failed_batches_are_retried_then_kept_in_a_queue(any_env) -> None:
 
 
 def test_the_auditor_reads_tenant_registrations_and_appends_to_the_trail_only(any_env) -> None:
-    statements = statements_of(any_env, names.FN_GATEWAY_AUDIT)
+    statements = any_env.function_statements(names.FN_GATEWAY_AUDIT)
     records = any_env.logical_id(any_env.stack.clinical_store.records_table)
     audit = any_env.logical_id(any_env.stack.audit.audit_table)
     on_records = [s for s in statements if records in json.dumps(s["Resource"])]

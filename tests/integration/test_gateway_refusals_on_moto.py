@@ -75,17 +75,22 @@ def test_a_refused_search_is_recorded_without_its_query(gateway, issuer) -> None
     assert "Smith" not in json.dumps(event)
 
 
-def test_a_redelivered_log_batch_records_each_request_once(platform) -> None:
+def refusal_event(method: str, path: str) -> dict[str, Any]:
+    """What the access log's subscription filter delivers for one request refused at the authorizer."""
     entry = {
         "requestId": str(uuid.uuid4()),
         "ip": "203.0.113.43",
-        "httpMethod": "DELETE",
+        "httpMethod": method,
         "resourcePath": "/tenants/{tenant}/fhir/{type}/{id}",
-        "path": "/tenants/clinic-a/fhir/Observation/o-1",
+        "path": path,
         "status": "401",
         "errorType": "UNAUTHORIZED",
     }
-    event = cloudwatch_logs_event([entry], log_group="access", filter_name="GatewayRefusals")
+    return cloudwatch_logs_event([entry], log_group="access", filter_name="GatewayRefusals")
+
+
+def test_a_redelivered_log_batch_records_each_request_once(platform) -> None:
+    event = refusal_event("DELETE", "/tenants/clinic-a/fhir/Observation/o-1")
     invoke = platform.gateway.functions.invoke
     assert invoke(names.FN_GATEWAY_AUDIT, event)["recorded"] == 1
     assert invoke(names.FN_GATEWAY_AUDIT, event) == {
@@ -97,14 +102,5 @@ def test_a_redelivered_log_batch_records_each_request_once(platform) -> None:
 
 
 def test_refusals_for_a_tenant_that_does_not_exist_are_nobodys_record(platform) -> None:
-    entry = {
-        "requestId": str(uuid.uuid4()),
-        "ip": "203.0.113.44",
-        "httpMethod": "GET",
-        "resourcePath": "/tenants/{tenant}/fhir/{type}/{id}",
-        "path": "/tenants/no-such-clinic/fhir/Patient/p-1",
-        "status": "401",
-        "errorType": "UNAUTHORIZED",
-    }
-    event = cloudwatch_logs_event([entry], log_group="access", filter_name="GatewayRefusals")
+    event = refusal_event("GET", "/tenants/no-such-clinic/fhir/Patient/p-1")
     assert platform.gateway.functions.invoke(names.FN_GATEWAY_AUDIT, event)["unknown_tenant"] == 1

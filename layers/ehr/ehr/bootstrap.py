@@ -20,6 +20,7 @@ from ehr.settings import (
     LabWorkflowSettings,
     SharingNotifierSettings,
     SharingSettings,
+    StoreSettings,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +105,13 @@ def endpoint_policy(settings: SharingSettings) -> AllowList:
     return AllowList(settings.endpoint_prefixes(), allow_loopback_http=settings.subscription_allow_loopback)
 
 
+def audit_sink(settings: StoreSettings) -> AuditSink:
+    """The audit trail on DynamoDB (``EHR_AUDIT_TABLE``)."""
+    from ehr.store.audit_dynamo import DynamoAuditSink
+
+    return DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+
+
 def bootstrap_verifier(settings: DocumentVerifierSettings, **overrides: Any) -> UploadVerifier:
     from ehr.documents.verify import UploadVerifier
     from ehr.fhir.service import FhirService
@@ -113,11 +121,7 @@ def bootstrap_verifier(settings: DocumentVerifierSettings, **overrides: Any) -> 
         from ehr.store.dynamo import DynamoRecordStore
 
         store = DynamoRecordStore(settings.records_table, host=settings.dynamodb_endpoint)
-    audit = overrides.get("audit")
-    if audit is None:
-        from ehr.store.audit_dynamo import DynamoAuditSink
-
-        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+    audit = overrides["audit"] if overrides.get("audit") is not None else audit_sink(settings)
     documents = overrides.get("documents") or document_store(settings)
     if documents is None:
         raise ValueError("the document verifier needs EHR_DOCUMENTS_BUCKET and EHR_DOCUMENTS_KEY_ARN")
@@ -134,11 +138,7 @@ def bootstrap_gateway_audit(settings: GatewayAuditSettings, **overrides: Any) ->
         from ehr.store.tenants import DynamoTenantDirectory
 
         tenants = DynamoTenantDirectory(settings.records_table, host=settings.dynamodb_endpoint)
-    audit = overrides.get("audit")
-    if audit is None:
-        from ehr.store.audit_dynamo import DynamoAuditSink
-
-        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+    audit = overrides["audit"] if overrides.get("audit") is not None else audit_sink(settings)
     return GatewayRefusalAuditor(audit, tenants)
 
 
@@ -163,11 +163,7 @@ def bootstrap_fhir(settings: FhirApiSettings, **overrides: Any) -> FhirServices:
         from ehr.store.secrets import secret_bytes
 
         cursors = CursorCodec(lambda: secret_bytes(settings.cursor_secret_name))
-    audit = overrides.get("audit")
-    if audit is None:
-        from ehr.store.audit_dynamo import DynamoAuditSink
-
-        audit = DynamoAuditSink(settings.audit_table, host=settings.dynamodb_endpoint)
+    audit = overrides["audit"] if overrides.get("audit") is not None else audit_sink(settings)
     from ehr.documents.service import DocumentService
 
     objects = overrides.get("documents") or document_store(settings)
