@@ -25,17 +25,6 @@ LOGS_AND_TRACES = {
 REWRITES = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:Scan"}
 
 
-def role_statements(synth, fn: str) -> list[dict[str, Any]]:
-    """Every statement of a function's role: its managed policies (the stack has no inline ones)."""
-    role = {"Ref": synth.logical_id(synth.stack.compute.roles[fn])}
-    return [
-        statement
-        for policy in synth.of_type("AWS::IAM::ManagedPolicy").values()
-        if role in policy["Properties"].get("Roles", [])
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
-
-
 def actions(statement: dict[str, Any]) -> set[str]:
     value = statement["Action"]
     return {value} if isinstance(value, str) else set(value)
@@ -154,7 +143,7 @@ def test_the_failure_queue_is_encrypted_and_tls_only(any_env) -> None:
 
 def test_the_archiver_role_may_do_exactly_what_archiving_takes(any_env) -> None:
     audit = any_env.stack.audit
-    statements = role_statements(any_env, names.FN_AUDIT_ARCHIVER)
+    statements = any_env.function_statements(names.FN_AUDIT_ARCHIVER)
 
     # Then its actions are: put objects, read the stream, use the key through S3/DynamoDB/SQS,
     # send failed batches to its queue; plus its own logs and traces
@@ -188,7 +177,7 @@ def test_the_archiver_role_may_do_exactly_what_archiving_takes(any_env) -> None:
 
 
 def test_the_audit_writer_appends_and_reads_but_never_rewrites(any_env) -> None:
-    statements = role_statements(any_env, names.FN_FHIR_API)
+    statements = any_env.function_statements(names.FN_FHIR_API)
     table = any_env.logical_id(any_env.stack.audit.audit_table)
 
     on_audit = actions_on(statements, table)
@@ -207,7 +196,7 @@ def test_the_audit_writer_appends_and_reads_but_never_rewrites(any_env) -> None:
 def test_no_other_function_touches_the_audit_trail(any_env) -> None:
     audit = any_env.stack.audit
     for fn in (names.FN_DISCOVERY, names.FN_AUTHORIZER):
-        statements = role_statements(any_env, fn)
+        statements = any_env.function_statements(fn)
         assert not actions_on(statements, any_env.logical_id(audit.audit_table))
         assert not actions_on(statements, any_env.logical_id(audit.archive_bucket))
 

@@ -51,17 +51,6 @@ def actions(statement: dict[str, Any]) -> set[str]:
     return {value} if isinstance(value, str) else set(value)
 
 
-def function_statements(synth, fn: str) -> list[dict[str, Any]]:
-    """Every statement of a function's role: its managed policies (the stack has no inline ones)."""
-    role = {"Ref": synth.logical_id(synth.stack.compute.roles[fn])}
-    return [
-        statement
-        for policy in synth.of_type("AWS::IAM::ManagedPolicy").values()
-        if role in policy["Properties"].get("Roles", [])
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
-
-
 def workflow_statements(synth) -> list[dict[str, Any]]:
     return props(synth, synth.stack.workflows.policy)["PolicyDocument"]["Statement"]
 
@@ -194,7 +183,7 @@ def test_lab_workflow_and_hl7v2_inbound_may_send_task_success_to_the_lab_order_s
     any_env, fn
 ) -> None:
     workflows = any_env.stack.workflows
-    (statement,) = with_service(function_statements(any_env, fn), "states")
+    (statement,) = with_service(any_env.function_statements(fn), "states")
     assert actions(statement) == {"states:SendTaskSuccess"}
     arn = joined(statement["Resource"])
     assert arn == (
@@ -208,11 +197,11 @@ def test_lab_workflow_and_hl7v2_inbound_may_send_task_success_to_the_lab_order_s
 def test_no_other_function_may_signal_a_workflow(any_env) -> None:
     for fn in any_env.stack.compute.functions:
         if fn not in (names.FN_LAB_WORKFLOW, names.FN_HL7V2_INBOUND):
-            assert not with_service(function_statements(any_env, fn), "states"), fn
+            assert not with_service(any_env.function_statements(fn), "states"), fn
 
 
 def test_lab_workflow_may_read_only_the_partner_secrets_and_the_cursor_secret(any_env) -> None:
-    statements = with_service(function_statements(any_env, names.FN_LAB_WORKFLOW), "secretsmanager")
+    statements = with_service(any_env.function_statements(names.FN_LAB_WORKFLOW), "secretsmanager")
     by_resource = {json.dumps(s["Resource"], sort_keys=True): actions(s) for s in statements}
     cursor = json.dumps({"Ref": any_env.logical_id(any_env.stack.clinical_store.cursor_secret)})
     assert by_resource.pop(cursor) == {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
@@ -227,12 +216,12 @@ def test_lab_workflow_may_read_only_the_partner_secrets_and_the_cursor_secret(an
 def test_no_other_function_may_read_partner_secrets(any_env) -> None:
     for fn in any_env.stack.compute.functions:
         if fn != names.FN_LAB_WORKFLOW:
-            text = json.dumps(function_statements(any_env, fn))
+            text = json.dumps(any_env.function_statements(fn))
             assert names.PARTNER_SECRET_PREFIX not in text, fn
 
 
 def test_lab_workflow_reads_and_writes_records_with_tenant_shaped_keys(any_env) -> None:
-    statements = function_statements(any_env, names.FN_LAB_WORKFLOW)
+    statements = any_env.function_statements(names.FN_LAB_WORKFLOW)
     records = any_env.logical_id(any_env.stack.clinical_store.records_table)
     on_records = [s for s in statements if records in json.dumps(s["Resource"])]
     assert on_records and all(
@@ -287,7 +276,7 @@ def test_lab_workflow_retries_failed_events_then_sends_them_to_its_failure_queue
     }
     # Lambda checks the destination permission when the config is created
     assert any_env.logical_id(compute.policies[names.FN_LAB_WORKFLOW]) in resource["DependsOn"]
-    statements = function_statements(any_env, names.FN_LAB_WORKFLOW)
+    statements = any_env.function_statements(names.FN_LAB_WORKFLOW)
     (send,) = with_service(statements, "sqs")
     assert actions(send) == {"sqs:SendMessage"} and send["Resource"] == getatt(any_env, queue)
     assert props(any_env, queue)["KmsMasterKeyId"] == getatt(any_env, any_env.stack.encryption.messaging_key)
@@ -332,7 +321,7 @@ def test_the_change_publisher_may_read_the_stream_index_patients_and_put_events_
     any_env,
 ) -> None:
     stack = any_env.stack
-    statements = function_statements(any_env, names.FN_CHANGE_PUBLISHER)
+    statements = any_env.function_statements(names.FN_CHANGE_PUBLISHER)
     assert {a for s in statements for a in actions(s)} == LOGS_AND_TRACES | {
         "events:PutEvents",
         "dynamodb:DescribeStream",
@@ -384,7 +373,7 @@ def test_only_the_change_publisher_the_notifier_and_the_workflow_may_put_events(
     # (the workflow's own role is not a function's: workflow_statements)
     for fn in any_env.stack.compute.functions:
         if fn not in (names.FN_CHANGE_PUBLISHER, names.FN_SHARING_NOTIFIER):
-            assert not with_service(function_statements(any_env, fn), "events"), fn
+            assert not with_service(any_env.function_statements(fn), "events"), fn
 
 
 # --- alarms and acknowledgements ------------------------------------------------------------------

@@ -45,16 +45,6 @@ def actions(statement: dict[str, Any]) -> set[str]:
     return {value} if isinstance(value, str) else set(value)
 
 
-def function_statements(synth, fn: str) -> list[dict[str, Any]]:
-    role = {"Ref": synth.logical_id(synth.stack.compute.roles[fn])}
-    return [
-        statement
-        for policy in synth.of_type("AWS::IAM::ManagedPolicy").values()
-        if role in policy["Properties"].get("Roles", [])
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
-
-
 def on(statements: list[dict[str, Any]], resource: Any) -> set[str]:
     """The actions granted on exactly ``resource``."""
     return {a for s in statements if s["Resource"] == resource for a in actions(s)}
@@ -209,7 +199,7 @@ def test_resource_changed_events_invoke_the_notifier_with_retries_and_a_dead_let
 def test_the_notifier_may_read_only_subscription_secrets_by_prefix_and_its_own_secrets(any_env) -> None:
     stack = any_env.stack
     statements = [
-        s for s in function_statements(any_env, names.FN_SHARING_NOTIFIER) if "secretsmanager:" in str(s)
+        s for s in any_env.function_statements(names.FN_SHARING_NOTIFIER) if "secretsmanager:" in str(s)
     ]
     by_resource = {json.dumps(s["Resource"], sort_keys=True): actions(s) for s in statements}
     for secret in (stack.clinical_store.cursor_secret, stack.sharing.mpi_key_secret):
@@ -226,12 +216,12 @@ def test_the_notifier_may_read_only_subscription_secrets_by_prefix_and_its_own_s
 def test_no_other_function_may_read_subscription_secrets(any_env) -> None:
     for fn in any_env.stack.compute.functions:
         if fn != names.FN_SHARING_NOTIFIER:
-            assert names.SUBSCRIPTION_SECRET_PREFIX not in json.dumps(function_statements(any_env, fn)), fn
+            assert names.SUBSCRIPTION_SECRET_PREFIX not in json.dumps(any_env.function_statements(fn)), fn
 
 
 def test_the_notifier_may_dead_letter_notifications_and_its_failed_events_only(any_env) -> None:
     stack = any_env.stack
-    statements = function_statements(any_env, names.FN_SHARING_NOTIFIER)
+    statements = any_env.function_statements(names.FN_SHARING_NOTIFIER)
     sends = [s for s in statements if any(a.startswith("sqs:") for a in actions(s))]
     queues = (stack.sharing.subscription_dead_letters, stack.compute.dead_letter_queues["SharingNotifier"])
     assert {json.dumps(s["Resource"], sort_keys=True): actions(s) for s in sends} == {
@@ -245,13 +235,13 @@ def test_only_the_notifier_may_send_to_the_subscription_dead_letter_queue(any_en
     queue = getatt(any_env, any_env.stack.sharing.subscription_dead_letters)
     for fn in any_env.stack.compute.functions:
         if fn != names.FN_SHARING_NOTIFIER:
-            assert not on(function_statements(any_env, fn), queue), fn
+            assert not on(any_env.function_statements(fn), queue), fn
 
 
 @pytest.mark.parametrize("fn", INDEX_READERS)
 def test_index_readers_may_read_the_index_and_only_the_change_publisher_writes_it(any_env, fn) -> None:
     sharing = any_env.stack.sharing
-    statements = function_statements(any_env, fn)
+    statements = any_env.function_statements(fn)
     expected = set(MPI_READ_ACTIONS) | (set(MPI_WRITE_ACTIONS) if fn == INDEX_WRITER else set())
     assert on(statements, getatt(any_env, sharing.mpi_table)) == expected
     assert on(statements, {"Ref": any_env.logical_id(sharing.mpi_key_secret)}) == {
@@ -262,7 +252,7 @@ def test_index_readers_may_read_the_index_and_only_the_change_publisher_writes_i
 
 
 def test_the_fhir_api_reaches_the_index_but_not_the_subscription_secrets(any_env) -> None:
-    statements = function_statements(any_env, names.FN_FHIR_API)
+    statements = any_env.function_statements(names.FN_FHIR_API)
     assert on(statements, getatt(any_env, any_env.stack.sharing.mpi_table)) == set(MPI_READ_ACTIONS)
     assert names.SUBSCRIPTION_SECRET_PREFIX not in json.dumps(statements)
     assert not any(a.startswith("sqs:") for s in statements for a in actions(s))
@@ -272,7 +262,7 @@ def test_functions_without_the_index_in_their_settings_cannot_touch_it(any_env) 
     sharing = any_env.stack.sharing
     for fn in any_env.stack.compute.functions:
         if fn not in INDEX_READERS:
-            text = json.dumps(function_statements(any_env, fn))
+            text = json.dumps(any_env.function_statements(fn))
             assert any_env.logical_id(sharing.mpi_table) not in text, fn
             assert any_env.logical_id(sharing.mpi_key_secret) not in text, fn
 
