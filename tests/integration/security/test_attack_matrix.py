@@ -94,6 +94,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 
@@ -113,7 +114,7 @@ from ehr.settings import SharingNotifierSettings, load_settings
 from ehr.sharing.consent import CONSENT_SCOPE_SYSTEM, sharing_consent
 from ehr.sharing.mpi import MasterPatientIndex
 from ehr.sharing.subscriptions import DeliveryResult, InMemoryDeadLetters
-from infra.local.gateway import LocalGateway, RouteTable
+from infra.local.gateway import REQUEST_ID_HEADER, LocalGateway, RouteTable
 from infra.local.issuer import DevIssuer
 from tests.integration.security.conftest import (
     ER7,
@@ -491,6 +492,8 @@ class Attacker:
     bait: list[Key] = field(default_factory=list)
     lookalikes: dict[str, str] = field(default_factory=dict)  # clinic-a id (or "mirror") -> clinic-b's record
     own_observations: list[Key] = field(default_factory=list)  # clinic-b's, of those records
+    # API Gateway's request id of each forged or foreign token's attempt on clinic-a's URL
+    token_request_ids: list[str] = field(default_factory=list)
 
     @property
     def b(self) -> str:
@@ -2718,6 +2721,7 @@ def token_attacks(
         )
         for method, path, body, headers, interaction in chosen:
             sent, reply = attacker.send(method, path, authorization, body, headers)
+            attacker.token_request_ids.append(reply.headers[REQUEST_ID_HEADER])
             attacker.ledger.judge_reply(
                 f"token: {interaction}",
                 "rest",
@@ -2761,6 +2765,8 @@ class MatrixRun:
     phases: dict[str, float]  # CPU seconds (the wall clock also counts other processes)
     liveness: dict[str, bool]  # the sharing world works as documented (else its attacks prove little)
     victim_size: str  # what clinic-a held when the attacks began
+    token_request_ids: tuple[str, ...]  # the forged and foreign tokens' attempts through the gateway
+    began: str  # when the attacks began (UTC, to the second)
 
 
 @pytest.fixture(scope="module")
@@ -2775,6 +2781,7 @@ def matrix(
     patient_index: MasterPatientIndex,
 ) -> MatrixRun:
     started, requests = time.perf_counter(), client.requests
+    attacks_began = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     size = f"{len(victim.keys)} resources of {len(victim.types())} types, {len(victim.patients)} patients"
     pool = MatrixPool()
     assert pool.covers(victim.types())
@@ -2830,6 +2837,8 @@ def matrix(
         {"seeding clinic-a and its world": victim.seconds, **phases},
         dict(world.liveness),
         size,
+        tuple(attacker.token_request_ids),
+        attacks_began,
     )
 
 
@@ -2858,6 +2867,30 @@ def test_no_attempt_of_clinic_b_reaches_clinic_a(
     assert ledger.total >= MIN_ATTEMPTS, report
     assert not ledger.leaks, f"{report}\n{findings}"
     assert not ledger.deviations, f"{report}\n{findings}"
+
+
+def test_every_forged_or_foreign_token_is_in_clinic_a_audit_trail(
+    matrix: MatrixRun, client: Client, issuer: DevIssuer
+) -> None:
+    # Given the attempts with forged and foreign tokens on clinic-a's URL (refused by the gateway's
+    # authorizer, 401, or by the function, 403), When clinic-a's administrator reads its trail
+    auditor = bearer(issuer.mint(tenant=VICTIM, scope="user/AuditEvent.rs"))
+    recorded: Counter[str] = Counter()
+    path: str | None = f"{base(VICTIM)}/AuditEvent?date=ge{matrix.began}&_count=500"
+    while path:
+        reply = client.call("GET", path, auditor)
+        assert reply.status == 200, reply.text[:300]
+        for entry in reply.document.get("entry", []):
+            for entity in entry["resource"].get("entity", []):
+                identifier = entity.get("what", {}).get("identifier", {})
+                if identifier.get("system") == "urn:ehr:request-id":
+                    recorded[identifier["value"]] += 1
+        following = [link["url"] for link in reply.document.get("link", []) if link["relation"] == "next"]
+        path = urlsplit(following[0])._replace(scheme="", netloc="").geturl() if following else None
+    # Then each attempt is there exactly once
+    counts = Counter(recorded[request_id] for request_id in matrix.token_request_ids)
+    assert len(matrix.token_request_ids) >= 800
+    assert counts == {1: len(matrix.token_request_ids)}, counts
 
 
 def test_the_sharing_world_is_live(matrix: MatrixRun) -> None:
